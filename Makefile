@@ -1,0 +1,56 @@
+# sparsetrain: `make train` runs the main job, `make test` the tests. Both set everything up first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# Torch first, from this machine kind's wheels (x86_64: CUDA build that also runs on CPU; aarch64: CPU build).
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: setup data train test test-all lint format clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev,sweep,plot]"
+	@$(PY) -c "import torch; print('sparsetrain setup done: torch', torch.__version__)"
+	@touch $@
+
+# Fashion-MNIST: data/fashion_mnist, else the Debian package (installed here when apt is usable), else download.
+data:
+	@if ls data/fashion_mnist/train-images-idx3-ubyte.gz >/dev/null 2>&1 || ls $(FMNIST_SYSTEM)/train-images-idx3-ubyte.gz >/dev/null 2>&1; then \
+		echo "Fashion-MNIST found"; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		{ $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q >/dev/null && $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else \
+		echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or put the four idx .gz files in data/fashion_mnist (training will try torchvision's download)"; \
+	fi
+
+train: setup data
+	$(PY) train.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf outputs multirun .pytest_cache

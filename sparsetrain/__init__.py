@@ -1,0 +1,33 @@
+"""sparsetrain: training-time sparsity for PyTorch, as Lightning callbacks and Hydra configs.
+
+Public names are imported lazily, so `import sparsetrain.models` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SparsityCallback": "sparsetrain.callback",
+    "ClassificationModule": "sparsetrain.module",
+    "MaskSet": "sparsetrain.masking",
+    "Pruner": "sparsetrain.pruners",
+    "list_pruners": "sparsetrain.pruners",
+    "Magnitude": "sparsetrain.pruners",
+    "GMP": "sparsetrain.pruners",
+    "IMP": "sparsetrain.pruners",
+    "GraNet": "sparsetrain.pruners",
+    "RigL": "sparsetrain.pruners",
+    "SET": "sparsetrain.pruners",
+    "PDP": "sparsetrain.pruners",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sparsetrain' has no attribute {name!r}")

@@ -1,0 +1,182 @@
+"""`SparsityCallback`: drives a pruner from Lightning's training events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from sparsetrain.accounting import account, module_flops
+from sparsetrain.pruners.base import Pruner
+from sparsetrain.targets import candidate_layers
+
+
+def find_network(pl_module: nn.Module) -> tuple[str, nn.Module]:
+    """The submodule holding the network: the one child containing every Conv/Linear, else the module itself.
+
+    Masks and reported layer names are relative to it (`layer1.0.conv1`, not `model.layer1.0.conv1`), so a
+    finalized network loads into the plain architecture.
+    """
+    layers = candidate_layers(pl_module)
+    for name, child in pl_module.named_children():
+        if layers and len(candidate_layers(child)) == len(layers):
+            return name, child
+    return "", pl_module
+
+
+def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor | None:
+    """One input example, for FLOP counting and channel tracing (no data is consumed when avoidable)."""
+    x = getattr(pl_module, "example_input_array", None)
+    if torch.is_tensor(x):
+        return x[:1]
+    dm = trainer.datamodule
+    if dm is not None and all(hasattr(dm, k) for k in ("in_chans", "image_size")):
+        return torch.zeros(1, dm.in_chans, dm.image_size, dm.image_size)
+    loader = trainer.train_dataloader
+    if loader is not None:
+        batch = next(iter(loader))
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return x[:1].detach().cpu()
+    return None
+
+
+class SparsityCallback(pl.Callback):
+    """Hosts a pruner: attaches masks before the optimizer is built, updates them around optimizer steps,
+    logs sparsity and FLOPs, saves the pruner's state in checkpoints and finalizes at the end of fit.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[SparsityCallback(GMP(sparsity=0.9))])
+
+    Args:
+        pruner: The pruning method.
+        finalize: At the end of fit, fold the masks into the weights and remove the mask buffers, so the
+            network is its plain architecture again (what is tested is what ships).
+        log_layers: Log `sparsity/<layer>` at every update event.
+    """
+
+    def __init__(self, pruner: Pruner, finalize: bool = True, log_layers: bool = True) -> None:
+        if not isinstance(pruner, Pruner):
+            raise ValueError(f"SparsityCallback needs a sparsetrain Pruner, got {type(pruner).__name__}")
+        self.pruner = pruner
+        self.do_finalize = finalize
+        self.log_layers = log_layers
+        self.network: nn.Module | None = None
+        self.flops: tuple[int, dict[str, int]] | None = None
+        self.summary: dict[str, Any] | None = None
+        self._hook = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"SparsityCallback[{self.pruner.key}]"
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.pruner.masks is not None:
+            return
+        if len(trainer.optimizers) > 1:
+            raise ValueError("SparsityCallback supports a single optimizer")
+        _, self.network = find_network(pl_module)
+        self._example = example_input(trainer, pl_module)
+        total = int(trainer.estimated_stepping_batches)
+        self.pruner.attach(self.network, total, self._example)
+        if self.pruner.skipped:
+            rank_zero_warn(f"sparsetrain: layers left dense ({self.pruner.granularity}): {self.pruner.skipped}")
+        rank_zero_info(
+            f"sparsetrain: {type(self.pruner).__name__} on {len(self.pruner.targets)} layers, "
+            f"target sparsity {self.pruner.sparsity:g}, {total} optimizer steps"
+        )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.pruner.masks.refresh()  # buffers were replaced when the model moved to its device
+        self.pruner.on_fit_start(trainer.optimizers[0], [c.scheduler for c in trainer.lr_scheduler_configs])
+        device = next(self.network.parameters()).device
+        if self._example is not None:
+            self.flops = module_flops(self.network, self._example.to(device))
+        self._extend_fit(trainer)
+        optimizer = trainer.optimizers[0]
+        self._hook = optimizer.register_step_post_hook(
+            lambda opt, args, kwargs: self.pruner.after_optimizer_step(trainer.global_step, opt)
+        )
+
+    def _extend_fit(self, trainer: pl.Trainer) -> None:
+        """Give pruners that train several rounds (IMP) the optimizer steps they need."""
+        budget = int(trainer.estimated_stepping_batches)
+        needed = self.pruner.total_fit_steps(self.pruner.total_steps)
+        if needed > budget:
+            trainer.fit_loop.max_steps = needed
+            trainer.fit_loop.max_epochs = -1
+            rank_zero_info(f"sparsetrain: {self.pruner.key} runs {needed} optimizer steps in all ({budget} per round)")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is not None and not trainer.sanity_checking:
+            self.pruner.last_val_acc = float(acc)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.pruner.before_forward(trainer.global_step)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        metrics = self.pruner.before_optimizer_step(trainer.global_step, optimizer)
+        if metrics:
+            self._sync_masks()
+            metrics.update(self.metrics())
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("sparsity/global", self.pruner.global_sparsity(), on_epoch=True, rank_zero_only=True)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.pruner.on_fit_end()
+        self.summary = self.report()
+        if self.do_finalize:
+            self.pruner.finalize()
+
+    def _sync_masks(self) -> None:
+        """Broadcast rank 0's masks: decisions are made from identical data, this makes it a guarantee."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for mask in self.pruner.masks.masks.values():
+                dist.broadcast(mask, src=0)
+            self.pruner.masks.apply_to_weights()
+
+    def metrics(self) -> dict[str, float]:
+        """`sparsity/global`, `flops/ratio` and (optionally) `sparsity/<layer>` from the current masks."""
+        out = {"sparsity/global": self.pruner.global_sparsity()}
+        if self.flops is not None:
+            acc = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
+            out["flops/ratio"] = acc["flops_sparse"] / max(1, acc["flops_dense"])
+        if self.log_layers:
+            out.update({f"sparsity/{k}": v for k, v in self.pruner.layer_sparsity().items()})
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """Accounting for results.json, from the masks (call before `finalize`)."""
+        if self.flops is None or self.pruner.masks is None or not self.pruner.masks.masks:
+            return self.summary or {}
+        out = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
+        out["pruner_state"] = self.pruner.report()
+        return out
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "pruner": self.pruner.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state_dict["pruner"])

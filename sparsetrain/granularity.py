@@ -1,0 +1,197 @@
+"""How a mask maps onto a weight: exact top-k, N:M groups, and coupled channel groups.
+
+All masks are chosen by index (`torch.topk`), never by a threshold, so counts are exact even with ties.
+Channel groups come from Torch-Pruning's dependency graph: one group holds every parameter slice that a
+channel of a residual stream, a BN, a depthwise conv or a concatenation couples, so masking a group is
+exactly equivalent to physically removing those channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# ------------------------------------------------------------------------------------------- unstructured
+
+
+def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Bool mask with exactly `keep` True entries at the largest scores (ties broken by index)."""
+    flat = scores.detach().reshape(-1)
+    keep = max(0, min(int(keep), flat.numel()))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if keep > 0:
+        mask[torch.topk(flat.float(), keep, sorted=False).indices] = True
+    return mask.reshape(scores.shape)
+
+
+# ------------------------------------------------------------------------------------------- N:M
+
+
+def nm_group_view(weight_like: torch.Tensor, m: int) -> torch.Tensor:
+    """(num_groups, m) view of a weight's N:M groups: `m` consecutive entries along the input dimension.
+
+    Linear (out, in): consecutive along `in` within each row, the layout of 2:4 semi-structured kernels
+    (`torch.sparse.to_sparse_semi_structured`). Conv (out, in, kh, kw): permuted to (out, kh, kw, in) and
+    grouped along `in` at each kernel position, NVIDIA ASP's layout for implicit-GEMM convolutions.
+    """
+    t = weight_like
+    if t.ndim > 2:
+        t = t.permute(0, *range(2, t.ndim), 1)
+    return t.contiguous().reshape(-1, m)
+
+
+def nm_ungroup(grouped: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of `nm_group_view`."""
+    if len(shape) > 2:
+        permuted = (shape[0], *shape[2:], shape[1])
+        t = grouped.reshape(permuted)
+        return t.permute(0, len(shape) - 1, *range(1, len(shape) - 1)).contiguous()
+    return grouped.reshape(shape)
+
+
+def nm_compatible(weight: torch.Tensor, m: int) -> bool:
+    """Whether the input dimension (in_channels/groups for convs) is divisible by m."""
+    return weight.ndim >= 2 and weight.shape[1] % m == 0
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool mask keeping exactly the `n` largest scores in every group of `m` (see `nm_group_view`)."""
+    if not nm_compatible(scores, m):
+        raise ValueError(f"N:M with m={m} needs an input dimension divisible by {m}, got shape {tuple(scores.shape)}")
+    groups = nm_group_view(scores.detach().float(), m)
+    n = max(0, min(n, m))
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    if n > 0:
+        mask.scatter_(1, torch.topk(groups, n, dim=1, sorted=False).indices, True)
+    return nm_ungroup(mask, scores.shape)
+
+
+# ------------------------------------------------------------------------------------------- channels
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """Entries of one parameter that belong to a group's channels.
+
+    `index[i]` (along `dim`) belongs to group channel `root[i]`; one channel may own several entries (a
+    Linear consuming a flattened conv output).
+    """
+
+    param: str
+    dim: int
+    index: torch.Tensor
+    root: torch.Tensor
+    producer: bool
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled output channels, named after their root module."""
+
+    name: str
+    size: int
+    slices: list[ParamSlice] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
+
+    def group_params(self) -> set[str]:
+        """FQNs of every parameter this group masks."""
+        return {s.param for s in self.slices}
+
+    def scores(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared L2 norm of each channel's producer filters (all coupled conv/linear output rows)."""
+        out = torch.zeros(self.size, dtype=torch.float32)
+        for s in self.slices:
+            if not s.producer or not s.param.endswith("weight"):
+                continue
+            p = params[s.param].detach().float()
+            rows = p.movedim(s.dim, 0)[s.index.to(p.device)].reshape(len(s.index), -1).pow(2).sum(1)
+            out = out.to(p.device).index_add_(0, s.root.to(p.device), rows)
+        return out
+
+    def elements_per_channel(self, params: dict[str, torch.Tensor]) -> int:
+        """Producer weight entries per channel (to compare scores across groups of different fan-in)."""
+        total = 0
+        for s in self.slices:
+            if s.producer and s.param.endswith("weight"):
+                p = params[s.param]
+                total += p.numel() // p.shape[s.dim]
+        return max(1, total)
+
+    def expand(self, keep: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
+        """Zero, in `masks`, every entry of the channels not kept (`keep`: bool of shape (size,))."""
+        for s in self.slices:
+            mask = masks[s.param]
+            drop = ~keep.to(mask.device)[s.root.to(mask.device)]
+            index = s.index.to(mask.device)[drop]
+            if index.numel():
+                mask.index_fill_(s.dim, index, 0)
+
+
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets: set[str]) -> list[ChannelGroup]:
+    """Coupled channel groups whose every producer (a conv/linear whose outputs are pruned) is a target.
+
+    Consumers (layers whose inputs are coupled) are masked along their input dimension even when they are
+    not targets (e.g. the classifier's columns), so that physical removal is exact. Groups that touch a
+    layer kind whose channels cannot be masked exactly (LayerNorm/GroupNorm statistics, raw parameters such
+    as position embeddings, grouped non-depthwise convs) are left out.
+    """
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    was_training = model.training
+    model.eval()
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        model.train(was_training)
+    groups: list[ChannelGroup] = []
+    for group in graph.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        root_module = group[0].dep.target.module
+        built = _to_channel_group(group, graph, names, len(group[0].idxs), names.get(root_module, "?"))
+        if built is not None and built.producers and all(p in targets for p in built.producers):
+            groups.append(built)
+    return groups
+
+
+def _to_channel_group(group, graph, names: dict, size: int, root_name: str) -> ChannelGroup | None:
+    out = ChannelGroup(name=root_name, size=size)
+    seen: set[tuple[str, int]] = set()
+    for item in group.items:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module):
+            return None  # a raw nn.Parameter (pos_embed, cls_token): not maskable as a channel
+        name = names.get(module)
+        if name is None:
+            return None
+        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+        roots = torch.as_tensor([-1 if r is None else r for r in item.root_idxs], dtype=torch.long)
+        if (roots < 0).any():
+            return None
+        is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+        prefix = f"{name}." if name else ""
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels and module.groups > 1
+            if not is_out and not depthwise and getattr(module, "groups", 1) > 1:
+                return None
+            dim = 0 if (is_out or depthwise) else 1
+            entries = [("weight", dim)] + ([("bias", 0)] if module.bias is not None and dim == 0 else [])
+            if (name, dim) in seen:
+                continue
+            seen.add((name, dim))
+            for pname, d in entries:
+                out.slices.append(ParamSlice(prefix + pname, d, idxs, roots, producer=dim == 0))
+            if dim == 0 and name not in out.producers:
+                out.producers.append(name)
+        elif isinstance(module, _NORMS):
+            if module.affine and (name, 0) not in seen:
+                seen.add((name, 0))
+                out.slices += [ParamSlice(prefix + "weight", 0, idxs, roots, False),
+                               ParamSlice(prefix + "bias", 0, idxs, roots, False)]
+        elif any(True for _ in module.parameters(recurse=False)):
+            return None  # LayerNorm, GroupNorm, PReLU, embeddings...: not exactly maskable per channel
+    return out

@@ -1,0 +1,267 @@
+"""PDP: parameter-free differentiable pruning with soft masks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsetrain.allocation import erk_densities, global_keep_counts
+from sparsetrain.granularity import nm_group_view, nm_ungroup, topk_mask
+from sparsetrain.pruners.base import Pruner, register_pruner
+from sparsetrain.schedules import SparsitySchedule, to_step
+
+RAMPS = ("progress", "epsilon")
+
+
+class SoftMask(nn.Module):
+    """Parametrization w ↦ w·σ((w² − t²)/τ): the PDP soft mask, no trainable parameters.
+
+    `t2` is the squared threshold (a scalar, or weight-shaped for N:M where each group has its own), and
+    `inv_tau` is 1/τ, already divided by the layer's mean w² when τ is normalised. Both are buffers, so they
+    are checkpointed; they are refreshed without autograd by the pruner.
+    """
+
+    def __init__(self, shape: torch.Size) -> None:
+        super().__init__()
+        self.register_buffer("t2", torch.zeros(()))
+        self.register_buffer("inv_tau", torch.ones(()))
+        self.enabled = False
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        return w * torch.sigmoid((w * w - self.t2) * self.inv_tau)
+
+
+@register_pruner("pdp")
+class PDP(Pruner):
+    """PDP (Cho, Adya, Naik, NeurIPS 2023, arXiv:2305.11203): soft masks m(w) = σ((w² − t²)/τ).
+
+    Per targeted layer with current target r_l, t lies halfway between the smallest kept and the largest
+    pruned magnitude, and the forward uses w·m(w): gradients reach every weight, "pruned" ones included,
+    through both m and w. No parameter is added.
+
+    Schedule: dense warm-up until `warmup`; there, per-layer budgets r_l are set from the global magnitude
+    threshold at `sparsity` (the paper's rule; `allocation=uniform|erk` overrides); then r_l ramps with
+    training progress (`schedule`, linear by default) so the target is reached at `end` whatever the budget
+    (`ramp=epsilon` gives the paper's fixed ε per epoch, which never finishes on short budgets). At
+    1 − `finetune` the mask hardens (m ≥ 0.5, i.e. exactly the top-k) and training continues with the hard
+    mask; at the end of fit the mask is folded into the weights and the parametrization removed.
+
+    Where the paper is silent: t is computed under `no_grad` with `torch.topk` (never `kthvalue`, which is
+    slow on GPU) and refreshed every `threshold_every` steps (the soft mask itself is recomputed in every
+    forward); τ is relative to the layer's mean w² by default (`tau_normalize`), so one τ fits layers whose
+    weight scales differ by orders of magnitude (the paper's absolute τ ≈ 1e-5 assumes w² ≈ 1e-4..1e-3);
+    N:M puts t per group of M between the N-th and (N+1)-th largest magnitudes.
+
+    Args:
+        sparsity: Final fraction of zeros over the targeted weights.
+        tau: Temperature; relative to mean(w²) when `tau_normalize`, else absolute.
+        tau_normalize: Divide τ by each layer's mean w².
+        warmup: Dense warm-up, fraction of all optimizer steps.
+        finetune: Final hard-mask fine-tune, fraction of all optimizer steps (0 = harden at the end).
+        threshold_every: Optimizer steps between threshold refreshes.
+        ramp: `progress` (reach the target at `end`) or `epsilon` (paper: r_l·min(1, ε·(e+1)) per epoch e).
+        epsilon: Per-epoch ramp increment for `ramp=epsilon`.
+        **common: Shared pruner keys (`schedule` shapes the progress ramp: linear or cubic).
+    """
+
+    def __init__(
+        self,
+        *,
+        sparsity: float | None = None,
+        tau: float = 0.05,
+        tau_normalize: bool = True,
+        warmup: float = 0.1,
+        finetune: float = 0.2,
+        threshold_every: int = 10,
+        ramp: str = "progress",
+        epsilon: float = 0.015,
+        **common: Any,
+    ) -> None:
+        common.setdefault("schedule", "linear")
+        common.setdefault("begin", warmup)
+        common.setdefault("end", 0.5)
+        common.setdefault("update_every", threshold_every)
+        super().__init__(sparsity=sparsity, **common)
+        if self.granularity == "channel":
+            raise ValueError("pdp supports granularity=unstructured or nm in this version; use gmp for channels")
+        if not tau > 0:
+            raise ValueError(f"pruner.tau must be > 0, got {tau}")
+        for key, value in (("warmup", warmup), ("finetune", finetune)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"pruner.{key} is a fraction of all optimizer steps in [0, 1), got {value}")
+        if not warmup <= self.end <= 1.0 - finetune:
+            raise ValueError(f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={self.end}, finetune={finetune}")
+        if not isinstance(threshold_every, int) or threshold_every < 1:
+            raise ValueError(f"pruner.threshold_every must be an integer >= 1 optimizer step, got {threshold_every!r}")
+        if ramp not in RAMPS:
+            raise ValueError(f"pruner.ramp must be one of {', '.join(RAMPS)}; got {ramp!r}")
+        if not 0 < epsilon <= 1:
+            raise ValueError(f"pruner.epsilon must be in (0, 1], got {epsilon}")
+        self.tau, self.tau_normalize, self.warmup, self.finetune = tau, tau_normalize, warmup, finetune
+        self.threshold_every, self.ramp, self.epsilon = threshold_every, ramp, epsilon
+        self.steps_per_epoch: int | None = None  # set by the callback for ramp=epsilon
+        self.budgets: dict[str, float] | None = None
+        self.hardened = False
+        self._soft: dict[str, SoftMask] = {}
+
+    # ------------------------------------------------------------------------------------------- setup
+    def before_masks(self, targets: dict[str, nn.Module]) -> None:
+        for name, module in targets.items():
+            if not parametrize.is_parametrized(module, "weight"):
+                parametrize.register_parametrization(module, "weight", SoftMask(module.weight.shape))
+            self._soft[name] = module.parametrizations.weight[0]
+
+    def weight_fqn(self, name: str) -> str:
+        return f"{name}.parametrizations.weight.original"
+
+    def build_schedule(self) -> SparsitySchedule:
+        self.warmup_step = to_step(self.warmup, self.total_steps, "warmup")
+        end = max(self.warmup_step, to_step(self.end, self.total_steps, "end"))
+        self.harden_step = self.total_steps if self.finetune == 0 else to_step(1.0 - self.finetune, self.total_steps, "finetune")
+        kind = "linear" if self.schedule_kind == "oneshot" else self.schedule_kind
+        return SparsitySchedule(kind, self.sparsity, self.warmup_step, end, 1)
+
+    # ------------------------------------------------------------------------------------------- phases
+    def progress(self, step: int) -> float:
+        """Fraction of each layer's budget r_l applied at this step."""
+        if step < self.warmup_step:
+            return 0.0
+        if self.ramp == "epsilon":
+            per_epoch = self.steps_per_epoch or max(1, self.total_steps // 10)
+            epoch = (step - self.warmup_step) // per_epoch
+            return min(1.0, self.epsilon * (epoch + 1))
+        return self.schedule.sparsity_at(step) / self.sparsity if self.sparsity > 0 else 0.0
+
+    def before_forward(self, step: int) -> None:
+        if self.hardened or step < self.warmup_step:
+            return
+        if self.budgets is None:
+            self.budgets = self._layer_budgets()
+            for soft in self._soft.values():
+                soft.enabled = True
+        if step >= self.harden_step:
+            self.harden()
+        elif (step - self.warmup_step) % self.threshold_every == 0:
+            self.refresh_thresholds(self.progress(step))
+
+    def is_update_step(self, step: int) -> bool:
+        return False  # soft phase: thresholds refresh in before_forward; no hard-mask decisions
+
+    def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        if self.hardened:
+            self.masks.apply_to_grads()
+        return {}
+
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.hardened:
+            self.masks.apply_to_weights()
+
+    @torch.no_grad()
+    def _layer_budgets(self) -> dict[str, float]:
+        """Per-layer target sparsities r_l, fixed at the end of warm-up."""
+        weights = {f: self.masks.params[f].detach().abs() for f in self.weights}
+        if self.granularity == "nm" or self.allocation == "uniform":
+            return dict.fromkeys(weights, self.sparsity)
+        if self.allocation == "erk":
+            return {f: 1.0 - d for f, d in erk_densities({f: w.shape for f, w in weights.items()}, self.sparsity).items()}
+        keep = global_keep_counts(weights, self.sparsity)
+        return {f: 1.0 - keep[f] / weights[f].numel() for f in weights}
+
+    @torch.no_grad()
+    def refresh_thresholds(self, fraction: float) -> None:
+        """Recompute t² (and the hard-equivalent masks used for reporting) at `fraction` of the budgets."""
+        for fqn, name in self.weights.items():
+            w = self.masks.params[fqn].detach()
+            soft = self._soft[name]
+            magnitude = w.abs().float()
+            if self.granularity == "nm":
+                keep = self.m - round((self.m - self.n) * fraction)
+                t, hard = self._nm_threshold(magnitude, keep)
+            else:
+                keep = round((1.0 - self.budgets[fqn] * fraction) * w.numel())
+                t, hard = self._threshold(magnitude, keep)
+            soft.t2 = (t * t).to(w.dtype) if torch.is_tensor(t) else torch.tensor(t * t, dtype=w.dtype, device=w.device)
+            scale = float((w.float() ** 2).mean()) if self.tau_normalize else 1.0
+            soft.inv_tau = torch.tensor(1.0 / (self.tau * max(scale, 1e-30)), dtype=w.dtype, device=w.device)
+            self.masks.set(fqn, hard)
+
+    @staticmethod
+    def _threshold(magnitude: torch.Tensor, keep: int) -> tuple[float, torch.Tensor]:
+        """t halfway between the smallest kept and the largest pruned magnitude, and the exact top-k mask."""
+        n = magnitude.numel()
+        flat = magnitude.reshape(-1)
+        if keep >= n:
+            return -1.0, torch.ones_like(magnitude, dtype=torch.bool)
+        values, index = torch.topk(flat, keep + 1)
+        hard = torch.zeros(n, dtype=torch.bool, device=flat.device)
+        hard[index[:keep]] = True
+        t = 0.5 * float(values[keep - 1] + values[keep]) if keep > 0 else float(values[0]) * 1.0001
+        return t, hard.reshape(magnitude.shape)
+
+    def _nm_threshold(self, magnitude: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        groups = nm_group_view(magnitude, self.m)
+        if keep >= self.m:
+            return torch.full_like(magnitude, -1.0), torch.ones_like(magnitude, dtype=torch.bool)
+        values, index = groups.sort(dim=1, descending=True, stable=True)
+        t = 0.5 * (values[:, keep - 1] + values[:, keep])
+        hard = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, index[:, :keep], True)
+        t_full = t.unsqueeze(1).expand_as(groups)
+        return nm_ungroup(t_full, magnitude.shape), nm_ungroup(hard, magnitude.shape)
+
+    def soft_mask(self, name: str) -> torch.Tensor:
+        """The current soft mask m(w) of a targeted module (for tests and plots)."""
+        soft = self._soft[name]
+        w = self.masks.params[self.weight_fqn(name)].detach()
+        return torch.sigmoid((w * w - soft.t2) * soft.inv_tau) if soft.enabled else torch.ones_like(w)
+
+    @torch.no_grad()
+    def harden(self) -> None:
+        """Switch to the hard mask m ≥ 0.5 at the full budgets: exactly the top-k per layer (per group for N:M)."""
+        if self.budgets is None:
+            self.budgets = self._layer_budgets()
+        self.refresh_thresholds(1.0)
+        for soft in self._soft.values():
+            soft.enabled = False
+        self.hardened = True
+        self.masks.apply_to_weights()
+        if getattr(self, "optimizer", None) is not None:
+            self.masks.zero_optimizer_state(self.optimizer, {k: m == 0 for k, m in self.masks.masks.items()})
+        self.events += 1
+
+    def on_fit_end(self) -> None:
+        if not self.hardened:
+            self.harden()
+
+    def finalize(self) -> None:
+        if not self.hardened:
+            self.harden()
+        self.masks.apply_to_weights()
+        masks = {name: self.masks.masks[fqn].clone() for fqn, name in self.weights.items()}
+        self.masks.remove()
+        for name in self.weights.values():
+            module = self.model.get_submodule(name)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            module.weight.data.mul_(masks[name])
+
+    # ------------------------------------------------------------------------------------------- state
+    def extra_state(self) -> dict[str, Any]:
+        return {"budgets": self.budgets, "hardened": self.hardened}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.budgets = state.get("budgets")
+        self.hardened = state.get("hardened", False)
+        for soft in self._soft.values():
+            soft.enabled = self.budgets is not None and not self.hardened
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tau": self.tau, "tau_normalize": self.tau_normalize, "warmup": self.warmup,
+                "finetune": self.finetune, "threshold_every": self.threshold_every, "ramp": self.ramp}
+
+
+__all__ = ["PDP", "SoftMask"]

@@ -1,0 +1,75 @@
+"""Tiny networks and a plain training loop for fast, real tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Linear-only net: stem, two hidden layers, classifier."""
+
+    def __init__(self, d_in: int = 16, hidden: int = 32, classes: int = 4) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(d_in, hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        x = torch.relu(self.fc0(x))
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.head(x)
+
+
+class ResNetTiny(nn.Module):
+    """Conv + BN + a residual add: the smallest net with coupled channels."""
+
+    def __init__(self, in_chans: int = 3, width: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv4 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.bn4 = nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(x + self.bn3(self.conv3(y)))
+        x = torch.relu(self.bn4(self.conv4(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def batches(n: int, shape: tuple[int, ...], classes: int = 4, seed: int = 0, batch: int = 16):
+    """A fixed list of learnable random batches (class-dependent mean shift)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        y = torch.randint(0, classes, (batch,), generator=g)
+        x = torch.randn(batch, *shape, generator=g) + y.view(-1, *[1] * len(shape)).float() * 0.5
+        out.append((x, y))
+    return out
+
+
+def train_plain(model: nn.Module, pruner, optimizer: torch.optim.Optimizer, data, steps: int) -> list[float]:
+    """Drive a pruner from a hand-written loop, the way the callback does."""
+    losses = []
+    pruner.on_fit_start(optimizer, [])
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        pruner.before_forward(step)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        pruner.before_optimizer_step(step, optimizer)
+        optimizer.step()
+        pruner.after_optimizer_step(step, optimizer)
+        losses.append(float(loss.detach()))
+    return losses
