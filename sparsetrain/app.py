@@ -93,14 +93,20 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return {"cfg": cfg, "datamodule": datamodule, "network": network, "pruner": pruner, "module": module}
 
 
-def run(cfg: DictConfig) -> float:
-    """Train, finalize, test and write `results.json`; returns the final `val/acc` for sweepers."""
+def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
+    """Train, finalize, test and write `results.json`; returns the final `val/acc` for sweepers.
+
+    Args:
+        cfg: The composed config (`conf/train.yaml`).
+        callbacks: Extra Lightning callbacks for this run.
+    """
     parts = prepare(cfg)
     cfg, dm, network, pruner, module = (parts[k] for k in ("cfg", "datamodule", "network", "pruner", "module"))
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     sparsity_cb = SparsityCallback(pruner) if pruner is not None else None
-    callbacks: list[pl.Callback] = [
+    callbacks = [
+        *(callbacks or []),
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/acc", mode="max",
                         save_last=True),
         LearningRateMonitor(logging_interval="step"),

@@ -110,7 +110,7 @@ class SparsityCallback(pl.Callback):
         budget = int(trainer.estimated_stepping_batches)
         needed = self.pruner.total_fit_steps(self.pruner.total_steps)
         if needed > budget:
-            trainer.fit_loop.max_steps = needed
+            trainer.fit_loop.epoch_loop.max_steps = needed
             trainer.fit_loop.max_epochs = -1
             rank_zero_info(f"sparsetrain: {self.pruner.key} runs {needed} optimizer steps in all ({budget} per round)")
 

@@ -166,8 +166,10 @@ def _to_channel_group(group, graph, names: dict, size: int, root_name: str) -> C
         if not isinstance(module, nn.Module):
             return None  # a raw nn.Parameter (pos_embed, cls_token): not maskable as a channel
         name = names.get(module)
-        if name is None:
-            return None
+        if name is None:  # Torch-Pruning's own graph ops (element-wise adds, concat, reshape): no parameters
+            if any(True for _ in module.parameters(recurse=False)):
+                return None
+            continue
         idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
         roots = torch.as_tensor([-1 if r is None else r for r in item.root_idxs], dtype=torch.long)
         if (roots < 0).any():

@@ -26,3 +26,33 @@ def pytest_collection_modifyitems(config, items) -> None:
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+FAST = [
+    "data=fake", "data.num_samples=96", "data.num_test=32", "data.batch_size=16", "data.image_size=16",
+    "data.in_chans=1", "model=lenet5", "logger=csv", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "progress_bar=false", "export=true",
+]
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """Compose the real config with tiny, fast overrides; each call gets its own output directory."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    counter = iter(range(1000))
+
+    def make(*overrides: str, fast: bool = True):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = hydra_compose("train", overrides=[*(FAST if fast else []), *overrides])
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.output_dir = str(tmp_path / f"run{next(counter)}")
+        return cfg
+
+    return make

@@ -25,8 +25,9 @@ class IMP(Pruner):
 
     The configured training budget is one round of T steps: the fit runs T + R·(T − k) optimizer steps for R
     pruning rounds (the callback extends the trainer). Rounds are `rounds` when given, else as many as needed
-    to reach `sparsity` with `prune_fraction` per round; the last round's fraction is adjusted so the run
-    lands exactly on `sparsity`.
+    to reach `sparsity` with `prune_fraction` per round, the last round's fraction adjusted so the run lands
+    exactly on `sparsity`. With `rounds` given, every round prunes the same fraction of the remaining weights,
+    1 − (1 − sparsity)^(1/rounds), so the last round lands on `sparsity` too.
 
     Where the paper is silent: BN running statistics are rewound with the weights; each round's `val_acc`
     is the last validation before the round ends (the end of the epoch in which it ends when rounds align
@@ -62,6 +63,7 @@ class IMP(Pruner):
         if rewinding not in REWINDINGS:
             raise ValueError(f"pruner.rewinding must be one of {', '.join(REWINDINGS)}; got {rewinding!r}")
         self.prune_fraction, self.rewind_step, self.rewinding = prune_fraction, rewind_step, rewinding
+        self.explicit_rounds = rounds is not None
         if rounds is None:
             rounds = max(1, math.ceil(math.log(1.0 - self.sparsity) / math.log(1.0 - prune_fraction) - 1e-9))
         self.rounds = rounds
@@ -75,6 +77,8 @@ class IMP(Pruner):
         """Sparsity after pruning round r (1-based); the last round lands exactly on `sparsity`."""
         if r >= self.rounds:
             return self.sparsity
+        if self.explicit_rounds:  # spread evenly: the same fraction of the remaining weights every round
+            return 1.0 - (1.0 - self.sparsity) ** (r / self.rounds)
         return min(self.sparsity, 1.0 - (1.0 - self.prune_fraction) ** r)
 
     def on_attach(self) -> None:

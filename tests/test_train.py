@@ -1,0 +1,148 @@
+"""End to end through `sparsetrain.app.run`: results.json, resume, export, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from safetensors.torch import load_file
+
+from sparsetrain.app import run
+from sparsetrain.errors import one_line_error
+from sparsetrain.models import build_model
+
+KEYS = ["pruner", "model", "data", "seed", "test_acc", "sparsity", "params_total", "params_nonzero", "flops_dense",
+        "flops_sparse", "train_time_s", "steps", "layers"]
+
+
+class StopAfterEpoch(pl.Callback):
+    """Ends fit after a given epoch, as if the job had been killed there (last.ckpt is already written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _results(cfg) -> dict:
+    return json.loads((Path(cfg.output_dir) / "results.json").read_text())
+
+
+def test_dense_run_writes_results_with_every_key(compose):
+    cfg = compose()
+    val_acc = run(cfg)
+    r = _results(cfg)
+    assert all(k in r for k in KEYS)
+    assert r["pruner"] is None and r["model"] == "lenet5" and r["data"] == "fake" and r["seed"] == 0
+    assert 0.0 <= val_acc <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+    assert r["sparsity"] == 0.0 and r["params_nonzero"] == r["params_total"] > 0
+    assert r["flops_sparse"] == r["flops_dense"] > 0
+    assert r["steps"] == 2 * (86 // 16)  # 2 epochs of 86 training images (10 % held out) at batch 16, drop_last
+    assert r["train_time_s"] > 0
+    layer = r["layers"]["conv2"]
+    assert layer["shape"] == [16, 6, 5, 5] and layer["density"] == 1.0 and layer["flops_dense"] > 0
+    assert (Path(cfg.output_dir) / "csv" / "metrics.csv").exists()
+    assert (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+def test_sparse_run_reports_mask_sparsity_flops_and_exports_plain_weights(compose):
+    cfg = compose("+pruner=gmp", "pruner.sparsity=0.8", "pruner.update_every=2")
+    run(cfg)
+    r = _results(cfg)
+    assert r["pruner"] == "gmp"
+    assert r["sparsity"] == pytest.approx(0.8, abs=1e-4)
+    targeted = sum(torch.Size(v["shape"]).numel() for v in r["layers"].values())
+    assert r["params_total"] - r["params_nonzero"] == round(0.8 * targeted)
+    assert r["flops_sparse"] < r["flops_dense"]
+    for layer in r["layers"].values():
+        assert layer["flops_sparse"] == round(layer["flops_dense"] * layer["density"])
+    state = load_file(str(Path(cfg.output_dir) / "model.safetensors"))
+    plain = build_model("builtin", "lenet5", in_chans=1, num_classes=10, image_size=16)
+    plain.load_state_dict(state, strict=True)  # finalized: no mask buffers, loads into the plain architecture
+    conv2 = plain.conv2.weight
+    assert torch.count_nonzero(conv2) == round(conv2.numel() * r["layers"]["conv2"]["density"])
+    metrics = (Path(cfg.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for name in ("sparsity/global", "flops/ratio", "mask/churn", "sparsity/conv2", "train/loss", "val/acc"):
+        assert name in metrics
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        ["+pruner=gmp", "pruner.sparsity=0.8", "pruner.update_every=1", "pruner.end=1.0"],
+        ["+pruner=granet", "pruner.sparsity=0.8", "pruner.update_every=2", "pruner.end=0.8"],
+        ["+pruner=pdp", "pruner.sparsity=0.8", "pruner.warmup=0.1", "pruner.end=0.9", "pruner.finetune=0.0",
+         "pruner.threshold_every=2"],
+    ],
+    ids=["gmp", "granet", "pdp"],
+)
+def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
+    common = ["trainer.deterministic=true", "trainer.max_epochs=3", "test=true", *pruner]
+    full = compose(*common)
+    run(full)
+    first = compose(*common)
+    run(first, callbacks=[StopAfterEpoch(0)])  # "killed" after the first epoch, mid-schedule
+    resumed = compose(*common, f"ckpt_path={Path(first.output_dir) / 'checkpoints' / 'last.ckpt'}")
+    run(resumed)
+    a, b = _results(full), _results(resumed)
+    assert a["steps"] == b["steps"]
+    assert a["test_acc"] == b["test_acc"]
+    assert a["sparsity"] == b["sparsity"]
+    wa = load_file(str(Path(full.output_dir) / "model.safetensors"))
+    wb = load_file(str(Path(resumed.output_dir) / "model.safetensors"))
+    for k in wa:
+        assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), f"weights differ in {k}"
+
+
+def test_imp_runs_all_rounds_in_one_fit(compose):
+    cfg = compose("+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "pruner.rewind_step=2", "trainer.max_epochs=1")
+    run(cfg)
+    r = _results(cfg)
+    per_round = 86 // 16
+    assert r["steps"] == per_round + 2 * (per_round - 2)
+    assert [x["round"] for x in r["rounds"]] == [0, 1, 2]
+    assert r["rounds"][0]["sparsity"] == 0.0
+    assert r["rounds"][1]["sparsity"] == pytest.approx(0.5, abs=1e-3)  # 1 - (1 - 0.75) ** (1/2)
+    assert r["rounds"][2]["sparsity"] == pytest.approx(0.75, abs=1e-3) == r["sparsity"]
+    assert sum(x["steps"] for x in r["rounds"]) == r["steps"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+pruner=gmp", "pruner.sparsity=1.5"], r"pruner.sparsity must be in \[0, 1\), got 1.5"),
+        (["+pruner=gmp", "pruner.granularity=block"], "pruner.granularity must be one of unstructured, channel, nm"),
+        (["optim.name=rmsprop"], "optim.name must be one of sgd, adamw"),
+        (["optim.lr=-1"], "optim.lr must be > 0"),
+        (["optim.lr=fast"], "invalid optim config"),
+        (["model=timm", "model.name=resnet5O"], "unknown timm model 'resnet5O'; closest: "),
+        (["model=torchvision", "model.name=inception_v3"], "cannot take 1x16x16 inputs"),
+        (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
+        (["data=cifar10", "data.root=/nonexistent", "logger=csv"], "cifar10 not found: expected /nonexistent/cifar-10"),
+        (["data=imagenet", "data.root=/nonexistent", "logger=csv"], "ImageNet folder /nonexistent/train not found"),
+    ],
+)
+def test_user_errors_are_one_clear_line(compose, overrides, message):
+    cfg = compose(*overrides, fast=not overrides[0].startswith("data="))
+    with pytest.raises(Exception) as info:  # noqa: PT011 - any user error; the message is what matters
+        run(cfg)
+    line = one_line_error(info.value)
+    assert line is not None and "\n" not in line
+    assert __import__("re").search(message, line), line
+
+
+def test_cli_prints_one_line_before_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "+pruner=gmp", "pruner.sparsity=1.5", f"hydra.run.dir={tmp_path}"],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "error: pruner.sparsity must be in [0, 1), got 1.5" in out
+    assert "Traceback" not in out and "Epoch" not in out
