@@ -135,8 +135,8 @@ _NORMS = (nn.modules.batchnorm._BatchNorm,)
 def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets: set[str]) -> list[ChannelGroup]:
     """Coupled channel groups whose every producer (a conv/linear whose outputs are pruned) is a target.
 
-    Consumers (layers whose inputs are coupled) are masked along their input dimension even when they are
-    not targets (e.g. the classifier's columns), so that physical removal is exact. Groups that touch a
+    Channels that no layer consumes (the classifier's outputs) never form a group. Consumers (layers whose
+    inputs are coupled) are masked along their input dimension even when they are not targets (e.g. the classifier's columns), so that physical removal is exact. Groups that touch a
     layer kind whose channels cannot be masked exactly (LayerNorm/GroupNorm statistics, raw parameters such
     as position embeddings, grouped non-depthwise convs) are left out.
     """
@@ -153,7 +153,9 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets:
     for group in graph.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
         root_module = group[0].dep.target.module
         built = _to_channel_group(group, graph, names, len(group[0].idxs), names.get(root_module, "?"))
-        if built is not None and built.producers and all(p in targets for p in built.producers):
+        if built is None or not any(s.dim == 1 for s in built.slices):
+            continue  # no consumer: these channels are the model's outputs (the classes), never pruned
+        if built.producers and all(p in targets for p in built.producers):
             groups.append(built)
     return groups
 

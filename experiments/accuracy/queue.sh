@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 while pgrep -f "hydra.run.dir=experiments/accuracy/runs/" >/dev/null; do sleep 10; done  # one run at a time
 seed=0
 $R dense_seed0 seed=0
+experiments/accuracy/fresh_make_train.sh
 for p in gmp granet pdp rigl set; do $R ${p}_s90_seed0 seed=0 +pruner=$p pruner.sparsity=0.9; done
 for p in gmp granet pdp; do $R ${p}_s95_seed0 seed=0 +pruner=$p pruner.sparsity=0.95; done
 for p in gmp granet pdp; do $R ${p}_s98_seed0 seed=0 +pruner=$p pruner.sparsity=0.98; done

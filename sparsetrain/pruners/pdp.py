@@ -83,6 +83,9 @@ class PDP(Pruner):
         epsilon: float = 0.015,
         **common: Any,
     ) -> None:
+        end = common.get("end", 0.5)
+        if isinstance(end, (int, float)) and not warmup <= end <= 1.0 - finetune:
+            raise ValueError(f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={end}, finetune={finetune}")
         common.setdefault("schedule", "linear")
         common.setdefault("begin", warmup)
         common.setdefault("end", 0.5)

@@ -1,0 +1,102 @@
+"""PDP soft masks: the formula, gradients through 'pruned' weights, exact hard mask, N:M."""
+
+import pytest
+import torch
+from torch import nn
+
+from sparsetrain.granularity import nm_group_view
+from sparsetrain.pruners import PDP
+from tests.helpers.nets import MLP, batches, train_plain
+
+
+def _pdp(steps=100, **kw):
+    model = MLP()
+    kw.setdefault("sparsity", 0.75)
+    kw.setdefault("warmup", 0.0)
+    kw.setdefault("end", 0.5)
+    kw.setdefault("finetune", 0.2)
+    kw.setdefault("threshold_every", 1)
+    pruner = PDP(**kw)
+    pruner.attach(model, steps, torch.zeros(1, 16))
+    pruner.on_fit_start(torch.optim.SGD(model.parameters(), lr=0.05), [])
+    return model, pruner
+
+
+def test_soft_mask_equals_the_formula():
+    model, pruner = _pdp(tau=0.05)
+    pruner.before_forward(60)  # past `end`, before hardening: full budgets, soft mask on
+    w = model.fc1.parametrizations.weight.original.detach()
+    k = round((1 - pruner.budgets["fc1.parametrizations.weight.original"]) * w.numel())
+    mags = w.abs().reshape(-1).sort(descending=True).values
+    t = 0.5 * (mags[k - 1] + mags[k])  # halfway between smallest kept and largest pruned
+    tau = 0.05 * (w**2).mean()
+    expected = w * torch.sigmoid((w**2 - t**2) / tau)
+    assert torch.allclose(model.fc1.weight, expected, atol=1e-6)  # the parametrized weight
+    assert torch.allclose(pruner.soft_mask("fc1"), torch.sigmoid((w**2 - t**2) / tau), atol=1e-6)
+    assert int((pruner.soft_mask("fc1") >= 0.5).sum()) == k  # m >= 0.5 is exactly the top-k
+
+
+def test_weights_below_threshold_get_gradient_in_the_soft_phase():
+    model, pruner = _pdp()
+    pruner.before_forward(60)
+    x, y = batches(1, (16,))[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    original = model.fc1.parametrizations.weight.original
+    below = pruner.soft_mask("fc1") < 0.5
+    assert below.any()
+    # a hard mask would give exactly zero here; the soft mask lets gradient through (rows of dead ReLU units
+    # get none either way, hence not all of them)
+    assert torch.count_nonzero(original.grad[below]) > 0.5 * int(below.sum())
+    near = below & (pruner.soft_mask("fc1") > 0.05)
+    assert near.any() and torch.count_nonzero(original.grad[near]) > 0.5 * int(near.sum())
+
+
+def test_final_hard_mask_hits_the_target_exactly_and_folds_away():
+    model, pruner = _pdp()
+    train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), batches(8, (16,)), 100)
+    assert pruner.hardened
+    total = sum(pruner.masks.masks[f].numel() for f in pruner.weights)
+    active = sum(int(pruner.masks.masks[f].sum()) for f in pruner.weights)
+    assert active == round(0.25 * total)  # global budgets: exact to the weight
+    expected = {n: int(pruner.masks.masks[f].sum()) for f, n in pruner.weights.items()}
+    pruner.finalize()
+    plain = MLP()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    for name, count in expected.items():
+        assert torch.count_nonzero(getattr(plain, name).weight) == count
+
+
+def test_hard_phase_keeps_pruned_weights_at_zero():
+    model, pruner = _pdp(finetune=0.4, end=0.5)
+    train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4),
+                batches(8, (16,)), 100)
+    for f in pruner.weights:
+        assert torch.count_nonzero(pruner.masks.params[f][pruner.masks.masks[f] == 0]) == 0
+
+
+def test_nm_thresholds_per_group_and_exact_groups():
+    model, pruner = _pdp(sparsity=None, granularity="nm", n=2, m=4)
+    pruner.before_forward(60)
+    soft = pruner.soft_mask("fc1")
+    assert torch.all(nm_group_view(soft >= 0.5, 4).sum(1) == 2)  # the per-group threshold splits 2 | 2
+    train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05), batches(8, (16,)), 100)
+    for f in pruner.weights:
+        assert torch.all(nm_group_view(pruner.masks.masks[f] != 0, 4).sum(1) == 2)
+
+
+def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
+    _, pruner = _pdp(steps=50, warmup=0.2, end=0.6, finetune=0.2)
+    assert pruner.progress(9) == 0.0 and pruner.progress(pruner.schedule.end_step) == 1.0
+    _, slow = _pdp(steps=50, ramp="epsilon", epsilon=0.1)
+    slow.steps_per_epoch = 10
+    assert slow.progress(0) == pytest.approx(0.1) and slow.progress(25) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"tau": 0}, "tau must be > 0"), ({"granularity": "channel"}, "unstructured or nm"),
+     ({"warmup": 0.6, "end": 0.5}, "warmup <= end <= 1 - finetune"), ({"ramp": "step"}, "ramp must be one of")],
+)
+def test_bad_pdp_configs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PDP(sparsity=0.9, **kwargs)
