@@ -82,8 +82,8 @@ class SparsityCallback(pl.Callback):
         if len(trainer.optimizers) > 1:
             raise ValueError("SparsityCallback supports a single optimizer")
         _, self.network = find_network(pl_module)
+        total = int(trainer.estimated_stepping_batches)  # also loads the train dataloader
         self._example = example_input(trainer, pl_module)
-        total = int(trainer.estimated_stepping_batches)
         self.pruner.attach(self.network, total, self._example)
         if self.pruner.skipped:
             rank_zero_warn(f"sparsetrain: layers left dense ({self.pruner.granularity}): {self.pruner.skipped}")
