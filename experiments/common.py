@@ -15,7 +15,9 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
     }
 

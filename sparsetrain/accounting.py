@@ -28,7 +28,7 @@ def module_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, di
     counts = counter.get_flop_counts()
     total = int(sum(counts.get("Global", {}).values()))
     root = type(model).__name__ + "."
-    per_module = {k[len(root):]: int(sum(v.values())) for k, v in counts.items() if k.startswith(root)}
+    per_module = {k[len(root) :]: int(sum(v.values())) for k, v in counts.items() if k.startswith(root)}
     return total, per_module
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -18,7 +17,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback
-from sparsetrain.config import ConfigError, validate
+from sparsetrain.config import validate
 from sparsetrain.export import save_network
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
@@ -59,10 +58,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if wandb_cfg is not None and wandb_cfg.get("enabled", True):
         from pytorch_lightning.loggers import WandbLogger
 
-        loggers.append(WandbLogger(
-            project=wandb_cfg.get("project", "sparsetrain"), name=wandb_cfg.get("name"), save_dir=str(run_dir),
-            offline=wandb_mode() != "online", config=OmegaConf.to_container(cfg, resolve=True),
-        ))
+        loggers.append(
+            WandbLogger(
+                project=wandb_cfg.get("project", "sparsetrain"),
+                name=wandb_cfg.get("name"),
+                save_dir=str(run_dir),
+                offline=wandb_mode() != "online",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
     return loggers
 
 
@@ -81,12 +85,18 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.prepare_data()
     network = build_model(
-        cfg.model.source, cfg.model.name, in_chans=datamodule.in_chans, num_classes=datamodule.num_classes,
-        image_size=datamodule.image_size, **cfg.model.kwargs,
+        cfg.model.source,
+        cfg.model.name,
+        in_chans=datamodule.in_chans,
+        num_classes=datamodule.num_classes,
+        image_size=datamodule.image_size,
+        **cfg.model.kwargs,
     )
     pruner = instantiate(cfg.pruner) if cfg.get("pruner") else None
     module = ClassificationModule(
-        network, datamodule.num_classes, OmegaConf.to_container(cfg.optim, resolve=True),
+        network,
+        datamodule.num_classes,
+        OmegaConf.to_container(cfg.optim, resolve=True),
         label_smoothing=cfg.get("label_smoothing", 0.0),
         example_input_shape=(datamodule.in_chans, datamodule.image_size, datamodule.image_size),
     )
@@ -107,8 +117,9 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     sparsity_cb = SparsityCallback(pruner) if pruner is not None else None
     callbacks = [
         *(callbacks or []),
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/acc", mode="max",
-                        save_last=True),
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/acc", mode="max", save_last=True
+        ),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.get("progress_bar", True):
@@ -116,7 +127,10 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     if sparsity_cb is not None:
         callbacks.append(sparsity_cb)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg, run_dir), default_root_dir=str(run_dir),
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=build_loggers(cfg, run_dir),
+        default_root_dir=str(run_dir),
         enable_progress_bar=cfg.get("progress_bar", True),
     )
     start = time.perf_counter()
@@ -152,18 +166,29 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         if cfg.get("export", True):
-            save_network(network, run_dir, {"source": cfg.model.source, "name": cfg.model.name,
-                                            "in_chans": dm.in_chans, "num_classes": dm.num_classes,
-                                            "image_size": dm.image_size})
+            save_network(
+                network,
+                run_dir,
+                {
+                    "source": cfg.model.source,
+                    "name": cfg.model.name,
+                    "in_chans": dm.in_chans,
+                    "num_classes": dm.num_classes,
+                    "image_size": dm.image_size,
+                },
+            )
         dense = results["dense_test_acc"]
         log.info(
             "done: test_acc=%s sparsity=%.4f flops_ratio=%.3f steps=%d train_time=%.0fs%s -> %s",
-            f"{test_acc:.4f}" if test_acc is not None else "n/a", results["sparsity"],
-            results["flops_sparse"] / max(1, results["flops_dense"]), results["steps"], train_time,
-            f" (dense reference {dense:.4f})" if dense is not None else "", run_dir / "results.json",
+            f"{test_acc:.4f}" if test_acc is not None else "n/a",
+            results["sparsity"],
+            results["flops_sparse"] / max(1, results["flops_dense"]),
+            results["steps"],
+            train_time,
+            f" (dense reference {dense:.4f})" if dense is not None else "",
+            run_dir / "results.json",
         )
     return float(val_acc) if val_acc is not None else float("nan")
-
 
 
 __all__ = ["output_dir", "prepare", "run"]

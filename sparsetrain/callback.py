@@ -121,7 +121,9 @@ class SparsityCallback(pl.Callback):
             self.pruner.last_val_acc = float(acc)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.pruner.before_forward(trainer.global_step)
 
     @override

@@ -5,7 +5,6 @@ from __future__ import annotations
 from hydra.errors import InstantiationException
 
 
-
 def _user_types() -> tuple[type[BaseException], ...]:
     from sparsetrain.data import DataUnavailableError
 

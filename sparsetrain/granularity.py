@@ -136,9 +136,10 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets:
     """Coupled channel groups whose every producer (a conv/linear whose outputs are pruned) is a target.
 
     Channels that no layer consumes (the classifier's outputs) never form a group. Consumers (layers whose
-    inputs are coupled) are masked along their input dimension even when they are not targets (e.g. the classifier's columns), so that physical removal is exact. Groups that touch a
-    layer kind whose channels cannot be masked exactly (LayerNorm/GroupNorm statistics, raw parameters such
-    as position embeddings, grouped non-depthwise convs) are left out.
+    inputs are coupled) are masked along their input dimension even when they are not targets (e.g. the
+    classifier's columns), so that physical removal is exact. Groups that touch a layer kind whose channels
+    cannot be masked exactly (LayerNorm/GroupNorm statistics, raw parameters such as position embeddings,
+    grouped non-depthwise convs) are left out.
     """
     import torch_pruning as tp
 
@@ -179,7 +180,11 @@ def _to_channel_group(group, graph, names: dict, size: int, root_name: str) -> C
         is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
         prefix = f"{name}." if name else ""
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels and module.groups > 1
+            depthwise = (
+                isinstance(module, nn.Conv2d)
+                and module.groups == module.in_channels == module.out_channels
+                and module.groups > 1
+            )
             if not is_out and not depthwise and getattr(module, "groups", 1) > 1:
                 return None
             dim = 0 if (is_out or depthwise) else 1
@@ -194,8 +199,10 @@ def _to_channel_group(group, graph, names: dict, size: int, root_name: str) -> C
         elif isinstance(module, _NORMS):
             if module.affine and (name, 0) not in seen:
                 seen.add((name, 0))
-                out.slices += [ParamSlice(prefix + "weight", 0, idxs, roots, False),
-                               ParamSlice(prefix + "bias", 0, idxs, roots, False)]
+                out.slices += [
+                    ParamSlice(prefix + "weight", 0, idxs, roots, False),
+                    ParamSlice(prefix + "bias", 0, idxs, roots, False),
+                ]
         elif any(True for _ in module.parameters(recurse=False)):
             return None  # LayerNorm, GroupNorm, PReLU, embeddings...: not exactly maskable per channel
     return out

@@ -79,7 +79,11 @@ class ClassificationModule(pl.LightningModule):
         o = self.optim
         groups = param_groups(self, o.get("weight_decay", 0.0), o.get("no_decay_norm_bias", True))
         optimizer = build_optimizer(
-            groups, o.get("name", "sgd"), o["lr"], o.get("momentum", 0.9), o.get("nesterov", False),
+            groups,
+            o.get("name", "sgd"),
+            o["lr"],
+            o.get("momentum", 0.9),
+            o.get("nesterov", False),
             o.get("betas", (0.9, 0.999)),
         )
         total = int(self.trainer.estimated_stepping_batches)

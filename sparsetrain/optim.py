@@ -51,8 +51,15 @@ def build_optimizer(
     raise ValueError(f"optim.name must be one of sgd, adamw; got {name!r}")
 
 
-def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0,
-              milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, min_factor: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    total_steps: int,
+    schedule: str,
+    warmup_steps: int = 0,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+    min_factor: float = 0.0,
+) -> float:
     """Learning-rate multiplier at an optimizer step.
 
     Args:

@@ -34,7 +34,9 @@ class SparsitySchedule:
         if self.update_every < 1:
             raise ValueError(f"pruner.update_every must be >= 1 optimizer step, got {self.update_every}")
         if not 0 <= self.begin_step <= self.end_step:
-            raise ValueError(f"pruning window must satisfy 0 <= begin <= end, got steps {self.begin_step}..{self.end_step}")
+            raise ValueError(
+                f"pruning window must satisfy 0 <= begin <= end, got steps {self.begin_step}..{self.end_step}"
+            )
 
     def sparsity_at(self, step: int) -> float:
         """Target sparsity after the update event at `step` (held constant between events)."""

@@ -31,7 +31,8 @@ def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: m
         for name, m in model.named_modules()
-        if isinstance(m, PRUNABLE_TYPES) and getattr(m, "weight", None) is not None
+        if isinstance(m, PRUNABLE_TYPES)
+        and getattr(m, "weight", None) is not None
         and isinstance(m.weight, nn.Parameter)
     }
 

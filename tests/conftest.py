@@ -30,9 +30,20 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
 FAST = [
-    "data=fake", "data.num_samples=96", "data.num_test=32", "data.batch_size=16", "data.image_size=16",
-    "data.in_chans=1", "model=lenet5", "logger=csv", "trainer.max_epochs=2", "trainer.accelerator=cpu",
-    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "progress_bar=false", "export=true",
+    "data=fake",
+    "data.num_samples=96",
+    "data.num_test=32",
+    "data.batch_size=16",
+    "data.image_size=16",
+    "data.in_chans=1",
+    "model=lenet5",
+    "logger=csv",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "progress_bar=false",
+    "export=true",
 ]
 
 

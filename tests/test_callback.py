@@ -34,8 +34,15 @@ def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
     data = DataLoader(TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(0, 4, (32,))), batch_size=8)
     module = UserModule()
     cb = SparsityCallback(GMP(sparsity=0.5, update_every=1, end=0.5))
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    )
     trainer.fit(module, train_dataloaders=data)
     assert cb.summary["sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert "conv1.0" not in cb.summary["layers"] and "fc" not in cb.summary["layers"]  # stem and head kept dense
@@ -50,9 +57,23 @@ def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
 @pytest.mark.slow
 def test_multirun_sweep_with_the_joblib_launcher(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "train.py", "-m", "seed=0,1", "trainer=debug", "logger=csv", "data=fake", "model=lenet5",
-         "hydra/launcher=joblib_local", f"hydra.sweep.dir={tmp_path}", "progress_bar=false"],
-        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "seed=0,1",
+            "trainer=debug",
+            "logger=csv",
+            "data=fake",
+            "model=lenet5",
+            "hydra/launcher=joblib_local",
+            f"hydra.sweep.dir={tmp_path}",
+            "progress_bar=false",
+        ],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "0" / "results.json").exists() and (tmp_path / "1" / "results.json").exists()

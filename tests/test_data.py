@@ -35,7 +35,7 @@ def _write_idx(path, array: np.ndarray) -> None:
 def _tiny_fmnist(root, n=20):
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for train, (images, labels) in fm.FILES.items():
+    for images, labels in fm.FILES.values():
         _write_idx(root / images, rng.integers(0, 255, (n, 28, 28)))
         _write_idx(root / labels, rng.integers(0, 10, (n,)))
 
@@ -94,15 +94,25 @@ def test_order_is_a_function_of_seed_and_epoch_in_both_modes():
 
 def test_device_loader_shards_ranks_like_distributed_sampler():
     x, y = torch.arange(20).float().unsqueeze(1), torch.arange(20)
-    shards = [torch.cat([b for _, b in DeviceLoader(x, y, 3, True, True, seed=0, rank=r, world_size=2)]) for r in (0, 1)]
+    shards = [
+        torch.cat([b for _, b in DeviceLoader(x, y, 3, True, True, seed=0, rank=r, world_size=2)]) for r in (0, 1)
+    ]
     assert len(shards[0]) == len(shards[1]) == 9 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
 def test_on_device_loader_in_a_real_fit():
-    dm = FakeDataModule(num_samples=80, num_test=16, in_chans=1, image_size=4, num_classes=4, batch_size=8, on_device=True)
+    dm = FakeDataModule(
+        num_samples=80, num_test=16, in_chans=1, image_size=4, num_classes=4, batch_size=8, on_device=True
+    )
     module = ClassificationModule(MLP(d_in=16), 4, {"name": "sgd", "lr": 0.1})
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     assert trainer.estimated_stepping_batches == len(dm.train_dataloader()) == 72 // 8
     assert trainer.global_step == 9
@@ -121,7 +131,11 @@ def _write_cifar(root, hundred: bool):
     files = {"train": 12, "test": 6} if hundred else {**{f"data_batch_{i}": 4 for i in range(1, 6)}, "test_batch": 6}
     for name, n in files.items():
         (folder / name).write_bytes(pickle.dumps(batch(n)))
-    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else {"label_names": [f"c{i}" for i in range(10)]}
+    meta = (
+        {"fine_label_names": [f"c{i}" for i in range(100)]}
+        if hundred
+        else {"label_names": [f"c{i}" for i in range(10)]}
+    )
     (folder / ("meta" if hundred else "batches.meta")).write_bytes(pickle.dumps(meta))
 
 
@@ -161,8 +175,13 @@ def test_digits_and_imagenet_folder(tmp_path):
     assert x.shape == (2, 3, 8, 8)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"batch_size": 0}, "batch_size must be an integer >= 1"),
-                                               ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+    ],
+)
 def test_bad_data_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FakeDataModule(**kwargs)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from sparsetrain import SparsityCallback
 from sparsetrain.data import FakeDataModule
@@ -33,16 +32,28 @@ class MaskLog(pl.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make", [lambda: GraNet(sparsity=0.8, init_density=0.5, update_every=2),
-                                  lambda: SET(sparsity=0.8, update_every=2)], ids=["granet_s2s", "set_random"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: GraNet(sparsity=0.8, init_density=0.5, update_every=2), lambda: SET(sparsity=0.8, update_every=2)],
+    ids=["granet_s2s", "set_random"],
+)
 def test_masks_identical_on_every_rank(tmp_path, make):
     cb = SparsityCallback(make())
     log = MaskLog(str(tmp_path / "masks"), cb)
     dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
     module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[cb, log], default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb, log],
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(module, datamodule=dm)
     ranks = [json.loads(Path(f"{tmp_path / 'masks'}.rank{r}").read_text()) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) > 5

@@ -50,12 +50,18 @@ def _channel_masks(model, example, keep_fraction=0.5):
 
 @pytest.mark.parametrize(
     ("source", "name", "chans", "size"),
-    [("tiny", "", 3, 8), ("builtin", "resnet20", 1, 28), ("torchvision", "resnet18", 3, 32),
-     ("timm", "mobilenetv3_small_050", 3, 32)],
+    [
+        ("tiny", "", 3, 8),
+        ("builtin", "resnet20", 1, 28),
+        ("torchvision", "resnet18", 3, 32),
+        ("timm", "mobilenetv3_small_050", 3, 32),
+    ],
 )
 def test_channel_masks_equal_physical_removal(source, name, chans, size):
     torch.manual_seed(0)
-    model = ResNetTiny() if source == "tiny" else build_model(source, name, in_chans=chans, num_classes=10, image_size=size)
+    model = (
+        ResNetTiny() if source == "tiny" else build_model(source, name, in_chans=chans, num_classes=10, image_size=size)
+    )
     model.eval()
     for m in model.modules():  # non-trivial BN statistics, so a wrong BN slice would show
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -75,8 +81,11 @@ def test_channel_masks_equal_physical_removal(source, name, chans, size):
     for g, idxs in pruned:
         if idxs:
             root = modules[g.name]
-            graph.get_pruning_group(root, tp.prune_linear_out_channels if isinstance(root, torch.nn.Linear)
-                                    else tp.prune_conv_out_channels, idxs=idxs).prune()
+            graph.get_pruning_group(
+                root,
+                tp.prune_linear_out_channels if isinstance(root, torch.nn.Linear) else tp.prune_conv_out_channels,
+                idxs=idxs,
+            ).prune()
     with torch.no_grad():
         assert torch.allclose(masked(example), physical(example), atol=1e-4, rtol=1e-4)
     assert sum(p.numel() for p in physical.parameters()) < sum(p.numel() for p in model.parameters())
@@ -95,7 +104,9 @@ def test_residual_adds_share_one_channel_mask():
     params = dict(model2.named_parameters())
     masks = {p: torch.ones_like(params[p]) for p in stream.group_params()}
     stream.expand(topk_mask(stream.scores(params), 4), masks)
-    zero_rows = [set((masks[f"{c}.weight"].reshape(8, -1).sum(1) == 0).nonzero().squeeze(1).tolist()) for c in ("conv1", "conv3")]
+    zero_rows = [
+        set((masks[f"{c}.weight"].reshape(8, -1).sum(1) == 0).nonzero().squeeze(1).tolist()) for c in ("conv1", "conv3")
+    ]
     assert zero_rows[0] == zero_rows[1] and len(zero_rows[0]) == 4
     assert torch.equal(masks["bn1.weight"] == 0, masks["bn3.weight"] == 0)
 

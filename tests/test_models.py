@@ -77,8 +77,9 @@ def test_timm_models_on_fashion_mnist_shape(name, size, kwargs):
 
 
 def test_timm_img_size_given_by_user_wins():
-    model = build_model("timm", "vit_tiny_patch16_224", in_chans=3, num_classes=10, image_size=32, img_size=64,
-                        dynamic_img_size=True)  # so the 32-px dry forward still fits
+    model = build_model(
+        "timm", "vit_tiny_patch16_224", in_chans=3, num_classes=10, image_size=32, img_size=64, dynamic_img_size=True
+    )  # so the 32-px dry forward still fits
     assert model.pos_embed.shape[1] == (64 // 16) ** 2 + 1
 
 

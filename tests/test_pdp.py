@@ -68,8 +68,13 @@ def test_final_hard_mask_hits_the_target_exactly_and_folds_away():
 
 def test_hard_phase_keeps_pruned_weights_at_zero():
     model, pruner = _pdp(finetune=0.4, end=0.5)
-    train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4),
-                batches(8, (16,)), 100)
+    train_plain(
+        model,
+        pruner,
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4),
+        batches(8, (16,)),
+        100,
+    )
     for f in pruner.weights:
         assert torch.count_nonzero(pruner.masks.params[f][pruner.masks.masks[f] == 0]) == 0
 
@@ -94,8 +99,12 @@ def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"tau": 0}, "tau must be > 0"), ({"granularity": "channel"}, "unstructured or nm"),
-     ({"warmup": 0.6, "end": 0.5}, "warmup <= end <= 1 - finetune"), ({"ramp": "step"}, "ramp must be one of")],
+    [
+        ({"tau": 0}, "tau must be > 0"),
+        ({"granularity": "channel"}, "unstructured or nm"),
+        ({"warmup": 0.6, "end": 0.5}, "warmup <= end <= 1 - finetune"),
+        ({"ramp": "step"}, "ramp must be one of"),
+    ],
 )
 def test_bad_pdp_configs(kwargs, match):
     with pytest.raises(ValueError, match=match):

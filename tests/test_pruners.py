@@ -25,8 +25,11 @@ def _run(key: str, steps: int = STEPS, model=None, shape=(16,), opt="sgd", **kw)
     pruner = list_pruners()[key](**kw)
     pruner.attach(model, steps if key != "imp" else steps, torch.zeros(1, *shape))
     total = pruner.total_fit_steps(steps)
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) if opt == "sgd"
-                 else torch.optim.AdamW(model.parameters(), lr=1e-2))
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        if opt == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-2)
+    )
     losses = train_plain(model, pruner, optimizer, batches(8, shape), total)
     pruner.on_fit_end()
     return model, pruner, losses

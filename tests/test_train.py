@@ -14,8 +14,21 @@ from sparsetrain.app import run
 from sparsetrain.errors import one_line_error
 from sparsetrain.models import build_model
 
-KEYS = ["pruner", "model", "data", "seed", "test_acc", "sparsity", "params_total", "params_nonzero", "flops_dense",
-        "flops_sparse", "train_time_s", "steps", "layers"]
+KEYS = [
+    "pruner",
+    "model",
+    "data",
+    "seed",
+    "test_acc",
+    "sparsity",
+    "params_total",
+    "params_nonzero",
+    "flops_dense",
+    "flops_sparse",
+    "train_time_s",
+    "steps",
+    "layers",
+]
 
 
 class StopAfterEpoch(pl.Callback):
@@ -76,8 +89,14 @@ def test_sparse_run_reports_mask_sparsity_flops_and_exports_plain_weights(compos
     [
         ["+pruner=gmp", "pruner.sparsity=0.8", "pruner.update_every=1", "pruner.end=1.0"],
         ["+pruner=granet", "pruner.sparsity=0.8", "pruner.update_every=2", "pruner.end=0.8"],
-        ["+pruner=pdp", "pruner.sparsity=0.8", "pruner.warmup=0.1", "pruner.end=0.9", "pruner.finetune=0.0",
-         "pruner.threshold_every=2"],
+        [
+            "+pruner=pdp",
+            "pruner.sparsity=0.8",
+            "pruner.warmup=0.1",
+            "pruner.end=0.9",
+            "pruner.finetune=0.0",
+            "pruner.threshold_every=2",
+        ],
     ],
     ids=["gmp", "granet", "pdp"],
 )
@@ -101,7 +120,9 @@ def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
 
 
 def test_imp_runs_all_rounds_in_one_fit(compose):
-    cfg = compose("+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "pruner.rewind_step=2", "trainer.max_epochs=1")
+    cfg = compose(
+        "+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "pruner.rewind_step=2", "trainer.max_epochs=1"
+    )
     run(cfg)
     r = _results(cfg)
     per_round = 86 // 16
@@ -140,7 +161,10 @@ def test_user_errors_are_one_clear_line(compose, overrides, message):
 def test_cli_prints_one_line_before_training(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "+pruner=gmp", "pruner.sparsity=1.5", f"hydra.run.dir={tmp_path}"],
-        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr

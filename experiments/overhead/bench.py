@@ -40,7 +40,9 @@ MODELS = {
 }
 
 
-def time_variant(key: str, model_key: str, batch: int, steps: int, warmup: int, update_every: int, device: str) -> float:
+def time_variant(
+    key: str, model_key: str, batch: int, steps: int, warmup: int, update_every: int, device: str
+) -> float:
     """Median-free mean step time (s) over steps after `warmup`."""
     source, name, chans, size, kwargs = MODELS[model_key]
     torch.manual_seed(0)
@@ -58,8 +60,13 @@ def time_variant(key: str, model_key: str, batch: int, steps: int, warmup: int, 
     if pruner is not None:
         pruner.on_fit_start(opt, [])
     g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(batch, chans, size, size, generator=g).to(device),
-             torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(4)]
+    data = [
+        (
+            torch.randn(batch, chans, size, size, generator=g).to(device),
+            torch.randint(0, 10, (batch,), generator=g).to(device),
+        )
+        for _ in range(4)
+    ]
     start = None
     for step in range(steps):
         if step == warmup:
@@ -106,14 +113,24 @@ def main() -> None:
             times: dict[str, list[float]] = {k: [] for k in args.pruners}
             for _ in range(args.rounds):
                 for key in args.pruners:
-                    times[key].append(time_variant(key, model_key, batch, args.steps, args.warmup, args.update_every, args.device))
+                    times[key].append(
+                        time_variant(key, model_key, batch, args.steps, args.warmup, args.update_every, args.device)
+                    )
             cell = {}
             for key in args.pruners:
                 ratios = [t / d for t, d in zip(times[key], times["dense"], strict=True)]
                 cell[key] = {"step_ms": summarize([t * 1e3 for t in times[key]]), "ratio": summarize(ratios)}
                 r = cell[key]["ratio"]
-                rows.append([model_key, batch, key, f"{cell[key]['step_ms']['median']:.1f}", f"{r['median']:.3f}",
-                             f"{r['min']:.3f}..{r['max']:.3f}"])
+                rows.append(
+                    [
+                        model_key,
+                        batch,
+                        key,
+                        f"{cell[key]['step_ms']['median']:.1f}",
+                        f"{r['median']:.3f}",
+                        f"{r['min']:.3f}..{r['max']:.3f}",
+                    ]
+                )
                 print(rows[-1], flush=True)
             table[f"{model_key}/b{batch}"] = cell
     write_json(args.out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "results": table})

@@ -28,8 +28,15 @@ from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
 from sparsetrain.optim import build_optimizer, lr_factor, param_groups
 
-OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-         "no_decay_norm_bias": True, "schedule": "cosine"}
+OPTIM = {
+    "name": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "no_decay_norm_bias": True,
+    "schedule": "cosine",
+}
 
 
 class StepTimer(pl.Callback):
@@ -53,10 +60,17 @@ def framework_run(dm: FashionMNISTDataModule, steps: int, warmup: int, device: s
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(
-            max_steps=steps, accelerator=device, devices=1, limit_val_batches=0, num_sanity_val_steps=0,
-            logger=CSVLogger(tmp, name="csv"), enable_progress_bar=False, enable_model_summary=False,
+            max_steps=steps,
+            accelerator=device,
+            devices=1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=CSVLogger(tmp, name="csv"),
+            enable_progress_bar=False,
+            enable_model_summary=False,
             callbacks=[ModelCheckpoint(dirpath=tmp, save_last=True), LearningRateMonitor("step"), timer],
-            log_every_n_steps=50, default_root_dir=tmp,
+            log_every_n_steps=50,
+            default_root_dir=tmp,
         )
         trainer.fit(module, datamodule=dm)
     return (steps - warmup) / (timer.end - timer.start)
@@ -78,7 +92,7 @@ def plain_run(dm: FashionMNISTDataModule, steps: int, warmup: int, device: str) 
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        idx = perm[(step * batch) % (len(perm) - batch):][:batch]
+        idx = perm[(step * batch) % (len(perm) - batch) :][:batch]
         x, y = x_all[idx], y_all[idx]
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -110,12 +124,21 @@ def main() -> None:
         samples["sparsetrain"].append(framework_run(dm, args.steps, args.warmup, args.device))
         print(f"round {r}: plain {samples['plain'][-1]:.2f} it/s, sparsetrain {samples['sparsetrain'][-1]:.2f} it/s")
     ratios = [f / p for f, p in zip(samples["sparsetrain"], samples["plain"], strict=True)]
-    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-              "steps_per_s": {k: summarize(v) for k, v in samples.items()}, "ratio": summarize(ratios)}
+    result = {
+        "machine": machine(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "steps_per_s": {k: summarize(v) for k, v in samples.items()},
+        "ratio": summarize(ratios),
+    }
     write_json(args.out, result)
     rows = [[k, f"{v['median']:.2f}", f"{v['min']:.2f}..{v['max']:.2f}"] for k, v in result["steps_per_s"].items()]
-    rows.append(["ratio sparsetrain/plain", f"{result['ratio']['median']:.3f}",
-                 f"{result['ratio']['min']:.3f}..{result['ratio']['max']:.3f}"])
+    rows.append(
+        [
+            "ratio sparsetrain/plain",
+            f"{result['ratio']['median']:.3f}",
+            f"{result['ratio']['min']:.3f}..{result['ratio']['max']:.3f}",
+        ]
+    )
     print(markdown_table(["variant", "median steps/s", "spread"], rows))
 
 

@@ -8,6 +8,14 @@ from sparsetrain.data.fashion_mnist import FashionMNISTDataModule
 from sparsetrain.data.imagenet import ImageNetDataModule
 
 __all__ = [
-    "CIFAR10DataModule", "CIFAR100DataModule", "DataUnavailableError", "DeviceLoader", "DigitsDataModule",
-    "EpochSampler", "FakeDataModule", "FashionMNISTDataModule", "ImageNetDataModule", "TensorDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DataUnavailableError",
+    "DeviceLoader",
+    "DigitsDataModule",
+    "EpochSampler",
+    "FakeDataModule",
+    "FashionMNISTDataModule",
+    "ImageNetDataModule",
+    "TensorDataModule",
 ]

@@ -11,8 +11,8 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, flip: bool = True) -> to
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device)
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h))  # (n, h)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w))  # (n, w)
+    rows = dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)  # (n, h)
+    cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)  # (n, w)
     if flip:
         flipped = torch.rand(n, device=x.device) < 0.5
         cols = torch.where(flipped.view(n, 1), cols.flip(1), cols)

@@ -45,8 +45,17 @@ class DeviceLoader:
     rule as `DistributedSampler`.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
@@ -62,7 +71,7 @@ class DeviceLoader:
             idx = torch.arange(n)
         if self.world_size > 1:
             per_rank = n // self.world_size
-            idx = idx[self.rank::self.world_size][:per_rank]
+            idx = idx[self.rank :: self.world_size][:per_rank]
         return idx.to(self.x.device)
 
     def __len__(self) -> int:
@@ -72,7 +81,7 @@ class DeviceLoader:
     def __iter__(self):
         idx = self._indices()
         for b in range(len(self)):
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.x[sel], self.y[sel]
         self.epoch += 1  # plain loops that never call set_epoch still get a new order each pass
 
@@ -107,18 +116,34 @@ class TensorDataModule(pl.LightningDataModule):
     std: tuple[float, ...] = (0.5,)
     flip = True
 
-    def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0,
-                 on_device: bool = False, image_size: int | None = None, eval_batch_size: int | None = None,
-                 augment: bool = False) -> None:
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        on_device: bool = False,
+        image_size: int | None = None,
+        eval_batch_size: int | None = None,
+        augment: bool = False,
+    ) -> None:
         super().__init__()
         _check(batch_size, isinstance(batch_size, int) and batch_size >= 1, "batch_size", "an integer >= 1")
         _check(val_fraction, 0.0 <= val_fraction < 1.0, "val_fraction", "in [0, 1)")
         _check(num_workers, isinstance(num_workers, int) and num_workers >= 0, "num_workers", "an integer >= 0")
-        _check(image_size, image_size is None or (isinstance(image_size, int) and image_size >= 4), "image_size",
-               "null or an integer >= 4")
+        _check(
+            image_size,
+            image_size is None or (isinstance(image_size, int) and image_size >= 4),
+            "image_size",
+            "null or an integer >= 4",
+        )
         eval_batch_size = eval_batch_size or batch_size
-        _check(eval_batch_size, isinstance(eval_batch_size, int) and eval_batch_size >= 1, "eval_batch_size",
-               "an integer >= 1")
+        _check(
+            eval_batch_size,
+            isinstance(eval_batch_size, int) and eval_batch_size >= 1,
+            "eval_batch_size",
+            "an integer >= 1",
+        )
         self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
         self.num_workers, self.on_device, self.augment = num_workers, on_device, augment
         self.eval_batch_size = eval_batch_size
@@ -132,8 +157,13 @@ class TensorDataModule(pl.LightningDataModule):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if self.image_size != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                                                align_corners=False, antialias=self.image_size < x.shape[-1])
+            x = torch.nn.functional.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=self.image_size < x.shape[-1],
+            )
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -180,10 +210,18 @@ class TensorDataModule(pl.LightningDataModule):
         batch = self.batch_size if train else self.eval_batch_size
         if self.on_device:
             rank, world = self._rank() if train else (0, 1)
-            return DeviceLoader(x, y, batch, shuffle=train, drop_last=train, seed=self.seed, rank=rank, world_size=world)
+            return DeviceLoader(
+                x, y, batch, shuffle=train, drop_last=train, seed=self.seed, rank=rank, world_size=world
+            )
         sampler = EpochSampler(len(x), self.seed) if train else None
-        return DataLoader(TensorDataset(x, y), batch_size=batch, sampler=sampler, drop_last=train,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            TensorDataset(x, y),
+            batch_size=batch,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self):
         return self._loader("train", True)

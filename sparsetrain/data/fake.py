@@ -22,10 +22,21 @@ class FakeDataModule(TensorDataModule):
     name = "fake"
     mean, std = (0.0,), (1.0,)
 
-    def __init__(self, num_samples: int = 512, num_test: int = 128, in_chans: int = 3, image_size: int = 32,
-                 num_classes: int = 10, **kwargs) -> None:
-        for key, value in (("num_samples", num_samples), ("num_test", num_test), ("in_chans", in_chans),
-                           ("num_classes", num_classes)):
+    def __init__(
+        self,
+        num_samples: int = 512,
+        num_test: int = 128,
+        in_chans: int = 3,
+        image_size: int = 32,
+        num_classes: int = 10,
+        **kwargs,
+    ) -> None:
+        for key, value in (
+            ("num_samples", num_samples),
+            ("num_test", num_test),
+            ("in_chans", in_chans),
+            ("num_classes", num_classes),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key} must be an integer >= 1, got {value!r}")
         self.native_size = image_size
@@ -38,7 +49,12 @@ class FakeDataModule(TensorDataModule):
         n = self.num_samples if train else self.num_test
         g = torch.Generator().manual_seed(self.seed * 2 + int(train) + 17)
         y = torch.randint(0, self.num_classes, (n,), generator=g)
-        centers = torch.randn(self.num_classes, self.in_chans, self.image_size, self.image_size,
-                              generator=torch.Generator().manual_seed(99))
+        centers = torch.randn(
+            self.num_classes,
+            self.in_chans,
+            self.image_size,
+            self.image_size,
+            generator=torch.Generator().manual_seed(99),
+        )
         x = centers[y] * 0.5 + torch.randn(n, self.in_chans, self.image_size, self.image_size, generator=g)
         return x, y

@@ -33,9 +33,18 @@ class ImageNetDataModule(pl.LightningDataModule):
     in_chans = 3
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-    def __init__(self, root: str, batch_size: int = 256, val_fraction: float = 0.01, seed: int = 0,
-                 num_workers: int = 8, image_size: int | None = 224, eval_batch_size: int | None = None,
-                 num_classes: int = 1000, on_device: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 256,
+        val_fraction: float = 0.01,
+        seed: int = 0,
+        num_workers: int = 8,
+        image_size: int | None = 224,
+        eval_batch_size: int | None = None,
+        num_classes: int = 1000,
+        on_device: bool = False,
+    ) -> None:
         super().__init__()
         if on_device:
             raise ValueError("data.on_device is not supported for imagenet (decode with workers instead)")
@@ -63,7 +72,9 @@ class ImageNetDataModule(pl.LightningDataModule):
         normalize = T.Normalize(self.mean, self.std)
         if train:
             return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-        return T.Compose([T.Resize(int(self.image_size / 0.875)), T.CenterCrop(self.image_size), T.ToTensor(), normalize])
+        return T.Compose(
+            [T.Resize(int(self.image_size / 0.875)), T.CenterCrop(self.image_size), T.ToTensor(), normalize]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         from torchvision.datasets import ImageFolder
@@ -78,9 +89,15 @@ class ImageNetDataModule(pl.LightningDataModule):
         self.test_set = ImageFolder(str(self.root / "val"), transform=self._transforms(False))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_set), self.seed),
-                          drop_last=True, num_workers=self.num_workers, pin_memory=True,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(self.train_set), self.seed),
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=True,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)

@@ -40,8 +40,12 @@ def entrypoint_kwargs(name: str, pretrained: bool, kwargs: dict[str, Any]) -> di
 def timm_cfg(first_conv: str, classifier: str, in_chans: int, num_classes: int) -> dict[str, Any]:
     """A timm-style `pretrained_cfg`, so timm tools (and users) find the stem and the head by name."""
     return {
-        "num_classes": num_classes, "input_size": (in_chans, 32, 32), "first_conv": first_conv,
-        "classifier": classifier, "mean": (0.5,) * in_chans, "std": (0.5,) * in_chans,
+        "num_classes": num_classes,
+        "input_size": (in_chans, 32, 32),
+        "first_conv": first_conv,
+        "classifier": classifier,
+        "mean": (0.5,) * in_chans,
+        "std": (0.5,) * in_chans,
     }
 
 

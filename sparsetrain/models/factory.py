@@ -65,9 +65,17 @@ def _adapt_in_chans(model: nn.Module, in_chans: int) -> None:
             depthwise = module.groups == module.in_channels and module.groups > 1
             groups = in_chans if depthwise and module.out_channels % in_chans == 0 else 1
             new = nn.Conv2d(
-                in_chans, module.out_channels, module.kernel_size, stride=module.stride, padding=module.padding,
-                dilation=module.dilation, groups=groups, bias=module.bias is not None,
-                padding_mode=module.padding_mode, device=module.weight.device, dtype=module.weight.dtype,
+                in_chans,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=groups,
+                bias=module.bias is not None,
+                padding_mode=module.padding_mode,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
             )
             parent, _, child = fqn.rpartition(".")
             setattr(model.get_submodule(parent), child, new)  # keeps the module's place in registration order
@@ -80,8 +88,10 @@ def _no_weights(kwargs: dict[str, Any], key: str, allowed: object) -> None:
     """Drop a harmless `pretrained=False` / `weights=None`; refuse a request for downloaded weights."""
     if key in kwargs:
         if kwargs[key] not in (allowed, None):
-            raise ValueError(f"model.kwargs.{key}={kwargs[key]!r} is not supported: sparsetrain builds random "
-                             "weights only (no hub access)")
+            raise ValueError(
+                f"model.kwargs.{key}={kwargs[key]!r} is not supported: sparsetrain builds random "
+                "weights only (no hub access)"
+            )
         del kwargs[key]
 
 

@@ -296,14 +296,19 @@ class Pruner:
         for g in self.groups:
             s = g.scores(params).float()
             alive = self._group_alive(g)
-            group_scores.append(torch.where(alive, s / max(1, g.elements_per_channel(params)), torch.full_like(s, -1.0)))
+            group_scores.append(
+                torch.where(alive, s / max(1, g.elements_per_channel(params)), torch.full_like(s, -1.0))
+            )
         if self.allocation == "global":
             flat = torch.cat(group_scores)
             keep_total = max(len(self.groups), round((1.0 - sparsity) * flat.numel()))
             chosen = topk_mask(flat, keep_total)
             keeps = list(torch.split(chosen, [g.size for g in self.groups]))
         else:
-            keeps = [topk_mask(s, max(1, round((1.0 - sparsity) * g.size))) for g, s in zip(self.groups, group_scores, strict=True)]
+            keeps = [
+                topk_mask(s, max(1, round((1.0 - sparsity) * g.size)))
+                for g, s in zip(self.groups, group_scores, strict=True)
+            ]
         new = {fqn: torch.ones_like(m) for fqn, m in self.masks.masks.items()}
         for g, keep in zip(self.groups, keeps, strict=True):
             if not keep.any():  # a group keeps at least its best channel so the network stays connected
@@ -339,8 +344,14 @@ class Pruner:
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Plain state for exact resume (masks themselves are buffers in the model's state_dict)."""
-        return {"version": STATE_VERSION, "key": self.key, "events": self.events, "rng": self.generator.get_state(),
-                "last_churn": self.last_churn, **self.extra_state()}
+        return {
+            "version": STATE_VERSION,
+            "key": self.key,
+            "events": self.events,
+            "rng": self.generator.get_state(),
+            "last_churn": self.last_churn,
+            **self.extra_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore state; held until `attach` when the pruner is not attached yet."""
@@ -383,6 +394,13 @@ class Pruner:
 
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters for results.json."""
-        return {"key": self.key, "sparsity": self.sparsity, "granularity": self.granularity,
-                "allocation": self.allocation, "schedule": self.schedule_kind, "begin": self.begin, "end": self.end,
-                "update_every": self.update_every}
+        return {
+            "key": self.key,
+            "sparsity": self.sparsity,
+            "granularity": self.granularity,
+            "allocation": self.allocation,
+            "schedule": self.schedule_kind,
+            "begin": self.begin,
+            "end": self.end,
+            "update_every": self.update_every,
+        }

@@ -87,7 +87,9 @@ class GraNet(Pruner):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"pruner.{key} must be in [0, 1), got {value}")
         if regrow_fraction_min > regrow_fraction:
-            raise ValueError(f"pruner.regrow_fraction_min ({regrow_fraction_min}) exceeds regrow_fraction ({regrow_fraction})")
+            raise ValueError(
+                f"pruner.regrow_fraction_min ({regrow_fraction_min}) exceeds regrow_fraction ({regrow_fraction})"
+            )
         if not 0.0 <= regrow_end <= 1.0:
             raise ValueError(f"pruner.regrow_end is a fraction of all optimizer steps in [0, 1], got {regrow_end}")
         if growth not in GROWTH:
@@ -100,8 +102,9 @@ class GraNet(Pruner):
     def build_schedule(self) -> SparsitySchedule:
         begin = to_step(self.begin, self.total_steps, "begin")
         end = max(begin, to_step(self.end, self.total_steps, "end"))
-        return SparsitySchedule(self.schedule_kind, self.sparsity, begin, end, self.update_every,
-                                initial=1.0 - self.init_density)
+        return SparsitySchedule(
+            self.schedule_kind, self.sparsity, begin, end, self.update_every, initial=1.0 - self.init_density
+        )
 
     def on_attach(self) -> None:
         self.regrow_end_step = max(self.schedule.begin_step, to_step(self.regrow_end, self.total_steps, "regrow_end"))
@@ -124,7 +127,9 @@ class GraNet(Pruner):
     def _random_erk_init(self) -> None:
         """Random mask at `init_density` with ERK per-layer densities (drawn from the pruner's generator)."""
         shapes = {f: self.masks.params[f].shape for f in self.weights}
-        counts = keep_counts(erk_densities(shapes, 1.0 - self.init_density), {f: math.prod(s) for f, s in shapes.items()})
+        counts = keep_counts(
+            erk_densities(shapes, 1.0 - self.init_density), {f: math.prod(s) for f, s in shapes.items()}
+        )
         for fqn, k in counts.items():
             mask = self.masks.masks[fqn]
             flat = torch.zeros(mask.numel(), dtype=mask.dtype)
@@ -206,8 +211,14 @@ class GraNet(Pruner):
 
     # ------------------------------------------------------------------------------------------- report
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "init_density": self.init_density, "regrow_fraction": self.regrow_fraction,
-                "regrow_fraction_min": self.regrow_fraction_min, "regrow_end": self.regrow_end, "growth": self.growth}
+        return {
+            **super().describe(),
+            "init_density": self.init_density,
+            "regrow_fraction": self.regrow_fraction,
+            "regrow_fraction_min": self.regrow_fraction_min,
+            "regrow_end": self.regrow_end,
+            "growth": self.growth,
+        }
 
 
 @register_pruner("rigl")

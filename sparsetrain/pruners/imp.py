@@ -84,7 +84,9 @@ class IMP(Pruner):
     def on_attach(self) -> None:
         self.round_steps = self.total_steps
         if self.rewind_step >= self.round_steps:
-            raise ValueError(f"pruner.rewind_step={self.rewind_step} must be below the {self.round_steps} steps of a round")
+            raise ValueError(
+                f"pruner.rewind_step={self.rewind_step} must be below the {self.round_steps} steps of a round"
+            )
 
     def total_fit_steps(self, round_steps: int) -> int:
         return round_steps + self.rounds * (round_steps - self.rewind_step)
@@ -132,8 +134,13 @@ class IMP(Pruner):
         self.events += 1
 
     def _record(self, r: int, step: int) -> dict[str, Any]:
-        return {"round": r, "sparsity": self.global_sparsity(), "val_acc": self.last_val_acc,
-                "steps": self.round_steps if r == 0 else self.round_steps - self.rewind_step, "end_step": step}
+        return {
+            "round": r,
+            "sparsity": self.global_sparsity(),
+            "val_acc": self.last_val_acc,
+            "steps": self.round_steps if r == 0 else self.round_steps - self.rewind_step,
+            "end_step": step,
+        }
 
     def on_fit_end(self) -> None:
         if len(self.history) == self.round:
@@ -152,5 +159,10 @@ class IMP(Pruner):
         self._seen_step = state.get("seen_step", -1)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prune_fraction": self.prune_fraction, "rounds": self.rounds,
-                "rewind_step": self.rewind_step, "rewinding": self.rewinding}
+        return {
+            **super().describe(),
+            "prune_fraction": self.prune_fraction,
+            "rounds": self.rounds,
+            "rewind_step": self.rewind_step,
+            "rewinding": self.rewinding,
+        }

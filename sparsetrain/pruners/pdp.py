@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsetrain.allocation import erk_densities, global_keep_counts
-from sparsetrain.granularity import nm_group_view, nm_ungroup, topk_mask
+from sparsetrain.granularity import nm_group_view, nm_ungroup
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 
@@ -85,7 +84,9 @@ class PDP(Pruner):
     ) -> None:
         end = common.get("end", 0.5)
         if isinstance(end, (int, float)) and not warmup <= end <= 1.0 - finetune:
-            raise ValueError(f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={end}, finetune={finetune}")
+            raise ValueError(
+                f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={end}, finetune={finetune}"
+            )
         common.setdefault("schedule", "linear")
         common.setdefault("begin", warmup)
         common.setdefault("end", 0.5)
@@ -99,7 +100,9 @@ class PDP(Pruner):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"pruner.{key} is a fraction of all optimizer steps in [0, 1), got {value}")
         if not warmup <= self.end <= 1.0 - finetune:
-            raise ValueError(f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={self.end}, finetune={finetune}")
+            raise ValueError(
+                f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={self.end}, finetune={finetune}"
+            )
         if not isinstance(threshold_every, int) or threshold_every < 1:
             raise ValueError(f"pruner.threshold_every must be an integer >= 1 optimizer step, got {threshold_every!r}")
         if ramp not in RAMPS:
@@ -126,7 +129,9 @@ class PDP(Pruner):
     def build_schedule(self) -> SparsitySchedule:
         self.warmup_step = to_step(self.warmup, self.total_steps, "warmup")
         end = max(self.warmup_step, to_step(self.end, self.total_steps, "end"))
-        self.harden_step = self.total_steps if self.finetune == 0 else to_step(1.0 - self.finetune, self.total_steps, "finetune")
+        self.harden_step = (
+            self.total_steps if self.finetune == 0 else to_step(1.0 - self.finetune, self.total_steps, "finetune")
+        )
         kind = "linear" if self.schedule_kind == "oneshot" else self.schedule_kind
         return SparsitySchedule(kind, self.sparsity, self.warmup_step, end, 1)
 
@@ -172,7 +177,9 @@ class PDP(Pruner):
         if self.granularity == "nm" or self.allocation == "uniform":
             return dict.fromkeys(weights, self.sparsity)
         if self.allocation == "erk":
-            return {f: 1.0 - d for f, d in erk_densities({f: w.shape for f, w in weights.items()}, self.sparsity).items()}
+            return {
+                f: 1.0 - d for f, d in erk_densities({f: w.shape for f, w in weights.items()}, self.sparsity).items()
+            }
         keep = global_keep_counts(weights, self.sparsity)
         return {f: 1.0 - keep[f] / weights[f].numel() for f in weights}
 
@@ -263,8 +270,15 @@ class PDP(Pruner):
             soft.enabled = self.budgets is not None and not self.hardened
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "tau": self.tau, "tau_normalize": self.tau_normalize, "warmup": self.warmup,
-                "finetune": self.finetune, "threshold_every": self.threshold_every, "ramp": self.ramp}
+        return {
+            **super().describe(),
+            "tau": self.tau,
+            "tau_normalize": self.tau_normalize,
+            "warmup": self.warmup,
+            "finetune": self.finetune,
+            "threshold_every": self.threshold_every,
+            "ramp": self.ramp,
+        }
 
 
 __all__ = ["PDP", "SoftMask"]
