@@ -104,6 +104,7 @@ def test_torchvision_models_with_adapted_stem(name, size):
         ("torchvision", "inception_v3", r"cannot take 1x28x28 inputs \(.+\); try data.image_size=\d+$"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:The default weight initialization:FutureWarning")  # torchvision inception
 def test_unknown_or_unfit_models_fail_with_one_line(source, name, match):
     with pytest.raises(ValueError, match=match) as info:
         build_model(source, name, in_chans=1, num_classes=10, image_size=28)

@@ -116,11 +116,18 @@ class GraNet(Pruner):
         horizon = self.regrow_end_step if self.decay_over_regrow_window else self.total_steps
         return cosine_fraction(step, horizon, self.regrow_fraction, self.regrow_fraction_min)
 
-    def is_update_step(self, step: int) -> bool:
-        if self.schedule.is_event(step):
-            return True
+    @property
+    def gradual(self) -> bool:
+        """Whether global magnitude pruning moves the sparsity (False for RigL/SET: static sparsity)."""
+        return self.init_density > 1.0 - self.sparsity + 1e-12
+
+    def is_regrow_event(self, step: int) -> bool:
+        """Prune-and-regrow every `update_every` steps after `begin`, up to `regrow_end`."""
         begin = self.schedule.begin_step
-        return begin <= step <= self.regrow_end_step and (step - begin) % self.update_every == 0
+        return begin < step <= self.regrow_end_step and (step - begin) % self.update_every == 0
+
+    def is_update_step(self, step: int) -> bool:
+        return (self.gradual and self.schedule.is_event(step)) or self.is_regrow_event(step)
 
     # ------------------------------------------------------------------------------------------- masks
     @torch.no_grad()
@@ -139,11 +146,9 @@ class GraNet(Pruner):
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        s = self.schedule
-        gradual = self.init_density > 1.0 - self.sparsity + 1e-12
-        if gradual and s.is_event(step):
-            self.prune_to(s.sparsity_at(step))
-        if step <= self.regrow_end_step:
+        if self.gradual and self.schedule.is_event(step):
+            self.prune_to(self.schedule.sparsity_at(step))
+        if self.is_regrow_event(step):
             self.prune_and_regrow(self.zeta(step))
 
     def growth_scores(self, fqn: str) -> torch.Tensor:
