@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 MASK_SUFFIX = "_mask"
 
@@ -22,6 +23,19 @@ MASK_SUFFIX = "_mask"
 def _split(fqn: str) -> tuple[str, str]:
     owner, _, name = fqn.rpartition(".")
     return owner, name
+
+
+def resolve(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+    """The module and attribute that hold the trainable tensor of parameter `fqn`.
+
+    For a parameter under `torch.nn.utils.parametrize` (PDP's soft masks), the trainable tensor is
+    `<owner>.parametrizations.<name>.original`; masks keep the plain FQN as their key either way.
+    """
+    owner_name, pname = _split(fqn)
+    owner = model.get_submodule(owner_name)
+    if parametrize.is_parametrized(owner, pname):
+        return owner.parametrizations[pname], "original"
+    return owner, pname
 
 
 class MaskSet:
@@ -39,8 +53,7 @@ class MaskSet:
         self.params: dict[str, nn.Parameter] = {}
         self.masks: dict[str, torch.Tensor] = {}
         for fqn in params:
-            owner_name, pname = _split(fqn)
-            owner = model.get_submodule(owner_name)
+            owner, pname = resolve(model, fqn)
             param = getattr(owner, pname)
             buffer_name = pname + MASK_SUFFIX
             if buffer_name not in owner._buffers:
@@ -52,8 +65,7 @@ class MaskSet:
         """Re-read buffer objects (after `load_state_dict` or `.to()` replaced them)."""
         self.masks = {}
         for fqn in self.params:
-            owner_name, pname = _split(fqn)
-            owner = self.model.get_submodule(owner_name)
+            owner, pname = resolve(self.model, fqn)
             self.params[fqn] = getattr(owner, pname)
             self.masks[fqn] = getattr(owner, pname + MASK_SUFFIX)
         self._param_list = list(self.params.values())
@@ -105,8 +117,7 @@ class MaskSet:
         """Fold masks into the weights and delete the buffers, so the model loads into the plain architecture."""
         self.apply_to_weights()
         for fqn in self.params:
-            owner_name, pname = _split(fqn)
-            owner = self.model.get_submodule(owner_name)
+            owner, pname = resolve(self.model, fqn)
             del owner._buffers[pname + MASK_SUFFIX]
         self.masks, self._mask_list = {}, []
 

@@ -26,7 +26,7 @@ def test_soft_mask_equals_the_formula():
     model, pruner = _pdp(tau=0.05)
     pruner.before_forward(60)  # past `end`, before hardening: full budgets, soft mask on
     w = model.fc1.parametrizations.weight.original.detach()
-    k = round((1 - pruner.budgets["fc1.parametrizations.weight.original"]) * w.numel())
+    k = round((1 - pruner.budgets["fc1.weight"]) * w.numel())
     mags = w.abs().reshape(-1).sort(descending=True).values
     t = 0.5 * (mags[k - 1] + mags[k])  # halfway between smallest kept and largest pruned
     tau = 0.05 * (w**2).mean()
@@ -101,7 +101,7 @@ def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
     ("kwargs", "match"),
     [
         ({"tau": 0}, "tau must be > 0"),
-        ({"granularity": "channel"}, "unstructured or nm"),
+        ({"granularity": "channel", "allocation": "erk"}, "erk is defined for weights"),
         ({"warmup": 0.6, "end": 0.5}, "warmup <= end <= 1 - finetune"),
         ({"ramp": "step"}, "ramp must be one of"),
     ],
@@ -109,3 +109,42 @@ def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
 def test_bad_pdp_configs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PDP(sparsity=0.9, **kwargs)
+
+
+def test_channel_soft_masks_are_coupled_differentiable_and_harden_exactly():
+    from tests.helpers.nets import ResNetTiny
+
+    torch.manual_seed(0)
+    model = ResNetTiny()
+    pruner = PDP(
+        sparsity=0.5,
+        granularity="channel",
+        allocation="uniform",
+        warmup=0.0,
+        end=0.5,
+        finetune=0.2,
+        threshold_every=1,
+        keep_first_last=False,
+    )
+    pruner.attach(model, 40, torch.zeros(1, 3, 8, 8))
+    pruner.on_fit_start(torch.optim.SGD(model.parameters(), lr=0.05), [])
+    stream = next(i for i, g in enumerate(pruner.groups) if {"conv1", "conv3"} <= set(g.producers))
+    pruner.before_forward(25)  # soft phase at the full budget
+    x, y = batches(1, (3, 8, 8))[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    m = pruner._channel_state.current[stream]
+    assert int((m >= 0.5).sum()) == 4  # half of the 8 coupled channels above threshold
+    # the same per-channel factor scales both producers of the residual stream and their BNs
+    w1 = model.conv1.parametrizations.weight.original
+    assert torch.allclose(model.conv1.weight, w1 * m.detach().view(-1, 1, 1, 1), atol=1e-6)
+    assert torch.allclose(model.bn3.weight, model.bn3.parametrizations.weight.original * m.detach(), atol=1e-6)
+    assert torch.count_nonzero(w1.grad) == w1.numel()  # every filter gets gradient, "pruned" ones too
+    train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05), batches(4, (3, 8, 8)), 40)
+    for g in pruner.groups:
+        assert int(pruner._group_alive(g).sum()) == g.size // 2
+    expected = {f: int(mask.sum()) for f, mask in pruner.masks.masks.items()}
+    pruner.finalize()
+    plain = ResNetTiny()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    for fqn, count in expected.items():
+        assert torch.count_nonzero(plain.get_parameter(fqn)) <= count

@@ -26,9 +26,19 @@ def load_runs() -> list[dict]:
         r = json.loads(path.read_text())
         name = path.parent.name
         setting = "2:4" if "nm24" in name else ("dense" if r["pruner"] is None else f"{round(r['sparsity'] * 100)}%")
-        runs.append({"run": name, "method": r["pruner"] or "dense", "setting": setting, "seed": r["seed"],
-                     "test_acc": r["test_acc"], "sparsity": r["sparsity"], "flops_ratio": r["flops_sparse"] / r["flops_dense"],
-                     "train_time_s": r["train_time_s"], "epochs": r.get("max_epochs")})
+        runs.append(
+            {
+                "run": name,
+                "method": r["pruner"] or "dense",
+                "setting": setting,
+                "seed": r["seed"],
+                "test_acc": r["test_acc"],
+                "sparsity": r["sparsity"],
+                "flops_ratio": r["flops_sparse"] / r["flops_dense"],
+                "train_time_s": r["train_time_s"],
+                "epochs": r.get("max_epochs"),
+            }
+        )
     return runs
 
 
@@ -54,11 +64,14 @@ def main() -> None:
         rows.append(row)
     header = ["method", *settings]
     table = markdown_table(header, rows)
-    dense_line = f"dense: {dense_mean:.4f} (n={len(dense)}: {', '.join(f'{a:.4f}' for a in dense)})" if dense else "dense: –"
+    dense_line = (
+        f"dense: {dense_mean:.4f} (n={len(dense)}: {', '.join(f'{a:.4f}' for a in dense)})" if dense else "dense: –"
+    )
     print(dense_line)
     print(table)
-    write_json(HERE / "summary.json", {"dense": dense, "runs": runs,
-                                        "cells": {f"{m}/{s}": v for (m, s), v in cells.items()}})
+    write_json(
+        HERE / "summary.json", {"dense": dense, "runs": runs, "cells": {f"{m}/{s}": v for (m, s), v in cells.items()}}
+    )
     if dense_mean is not None:
         write_json(HERE.parent / "dense_reference.json", {"resnet20/fashion_mnist/3ep": round(dense_mean, 4)})
     try:

@@ -19,8 +19,16 @@ from experiments.common import markdown_table, write_json
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
-BASE = ["+pruner=pdp", "pruner.sparsity=0.9", "trainer.max_epochs=1", "trainer.limit_train_batches=0.5",
-        "logger=csv", "export=false", "progress_bar=false", "pruner.finetune=0.2"]
+BASE = [
+    "+pruner=pdp",
+    "pruner.sparsity=0.9",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=0.5",
+    "logger=csv",
+    "export=false",
+    "progress_bar=false",
+    "pruner.finetune=0.2",
+]
 VARIANTS = {
     "tau=0.01 (relative)": ["pruner.tau=0.01"],
     "tau=0.05 (relative, default)": ["pruner.tau=0.05"],
@@ -37,11 +45,19 @@ def main() -> None:
     for name, overrides in VARIANTS.items():
         run_dir = HERE / "runs" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
         if not (run_dir / "results.json").exists():
-            subprocess.run([sys.executable, "train.py", *BASE, *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "train.py", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
         r = json.loads((run_dir / "results.json").read_text())
-        out[name] = {"test_acc": r["test_acc"], "sparsity": r["sparsity"], "train_time_s": r["train_time_s"],
-                     "overrides": overrides}
+        out[name] = {
+            "test_acc": r["test_acc"],
+            "sparsity": r["sparsity"],
+            "train_time_s": r["train_time_s"],
+            "overrides": overrides,
+        }
         rows.append([name, f"{r['test_acc']:.4f}", f"{r['sparsity']:.3f}", f"{r['train_time_s']:.0f}"])
         print(rows[-1], flush=True)
     write_json(HERE / "results.json", out)

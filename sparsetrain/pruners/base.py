@@ -157,8 +157,7 @@ class Pruner:
             if not targets:
                 raise ValueError(f"N:M {self.n}:{self.m} applies to no targeted layer: {self.skipped}")
         self.targets = targets
-        self.before_masks(targets)
-        self.weights = {self.weight_fqn(name): name for name in targets}
+        self.weights = {f"{name}.weight": name for name in targets}
         self.groups: list[ChannelGroup] = []
         masked = list(self.weights)
         if self.granularity == "channel":
@@ -169,6 +168,7 @@ class Pruner:
                 raise ValueError("no prunable channel group: every group is coupled to a layer kept dense")
             extra = sorted({p for g in self.groups for p in g.group_params()} - set(masked))
             masked += extra
+        self.before_masks(targets)
         self.masks = MaskSet(model, masked)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.schedule = self.build_schedule()
@@ -178,11 +178,7 @@ class Pruner:
             self._pending_state = None
 
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        """Hook before mask buffers are created (e.g. to register parametrizations)."""
-
-    def weight_fqn(self, name: str) -> str:
-        """FQN of the trainable weight of targeted module `name` (differs under a parametrization)."""
-        return f"{name}.weight"
+        """Hook after targets and channel groups are known, before mask buffers exist (parametrizations)."""
 
     def build_schedule(self) -> SparsitySchedule:
         """The sparsity schedule in optimizer steps (overridable, e.g. for a non-zero initial sparsity)."""
@@ -379,8 +375,8 @@ class Pruner:
 
     # ----------------------------------------------------------------------------------------- reporting
     def mask_dict(self) -> dict[str, torch.Tensor]:
-        """Current hard masks keyed by the plain parameter FQN (`layer1.0.conv1.weight`)."""
-        return {(f"{self.weights[k]}.weight" if k in self.weights else k): v for k, v in self.masks.masks.items()}
+        """Current hard masks keyed by parameter FQN (`layer1.0.conv1.weight`)."""
+        return dict(self.masks.masks)
 
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity of each targeted layer, keyed by module FQN."""

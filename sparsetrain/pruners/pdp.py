@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsetrain.allocation import erk_densities, global_keep_counts
-from sparsetrain.granularity import nm_group_view, nm_ungroup
+from sparsetrain.granularity import nm_group_view, nm_ungroup, topk_mask
+from sparsetrain.pruners import pdp_channel
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 
@@ -55,7 +56,8 @@ class PDP(Pruner):
     slow on GPU) and refreshed every `threshold_every` steps (the soft mask itself is recomputed in every
     forward); τ is relative to the layer's mean w² by default (`tau_normalize`), so one τ fits layers whose
     weight scales differ by orders of magnitude (the paper's absolute τ ≈ 1e-5 assumes w² ≈ 1e-4..1e-3);
-    N:M puts t per group of M between the N-th and (N+1)-th largest magnitudes.
+    N:M puts t per group of M between the N-th and (N+1)-th largest magnitudes; channel granularity uses
+    the coupled groups' filter norms as magnitudes (see `pdp_channel`), with budgets per group.
 
     Args:
         sparsity: Final fraction of zeros over the targeted weights.
@@ -92,8 +94,6 @@ class PDP(Pruner):
         common.setdefault("end", 0.5)
         common.setdefault("update_every", threshold_every)
         super().__init__(sparsity=sparsity, **common)
-        if self.granularity == "channel":
-            raise ValueError("pdp supports granularity=unstructured or nm in this version; use gmp for channels")
         if not tau > 0:
             raise ValueError(f"pruner.tau must be > 0, got {tau}")
         for key, value in (("warmup", warmup), ("finetune", finetune)):
@@ -118,13 +118,19 @@ class PDP(Pruner):
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
+        if self.granularity == "channel":
+            self._channel_state = pdp_channel.install(self.model, self.groups)
+            return
         for name, module in targets.items():
             if not parametrize.is_parametrized(module, "weight"):
                 parametrize.register_parametrization(module, "weight", SoftMask(module.weight.shape))
             self._soft[name] = module.parametrizations.weight[0]
 
-    def weight_fqn(self, name: str) -> str:
-        return f"{name}.parametrizations.weight.original"
+    def _set_soft(self, enabled: bool) -> None:
+        for soft in self._soft.values():
+            soft.enabled = enabled
+        if self.granularity == "channel":
+            self._channel_state.enabled = enabled
 
     def build_schedule(self) -> SparsitySchedule:
         self.warmup_step = to_step(self.warmup, self.total_steps, "warmup")
@@ -151,8 +157,7 @@ class PDP(Pruner):
             return
         if self.budgets is None:
             self.budgets = self._layer_budgets()
-            for soft in self._soft.values():
-                soft.enabled = True
+            self._set_soft(True)
         if step >= self.harden_step:
             self.harden()
         elif (step - self.warmup_step) % self.threshold_every == 0:
@@ -173,6 +178,14 @@ class PDP(Pruner):
     @torch.no_grad()
     def _layer_budgets(self) -> dict[str, float]:
         """Per-layer target sparsities r_l, fixed at the end of warm-up."""
+        if self.granularity == "channel":
+            scores = [pdp_channel.group_scores(self.model, g).detach().float() for g in self.groups]
+            if self.allocation == "uniform":
+                return {str(i): self.sparsity for i in range(len(self.groups))}
+            flat = torch.cat(scores)
+            chosen = topk_mask(flat, max(len(scores), round((1.0 - self.sparsity) * flat.numel())))
+            keep = [int(c.sum()) for c in torch.split(chosen, [g.size for g in self.groups])]
+            return {str(i): 1.0 - max(1, k) / g.size for i, (k, g) in enumerate(zip(keep, self.groups, strict=True))}
         weights = {f: self.masks.params[f].detach().abs() for f in self.weights}
         if self.granularity == "nm" or self.allocation == "uniform":
             return dict.fromkeys(weights, self.sparsity)
@@ -186,6 +199,9 @@ class PDP(Pruner):
     @torch.no_grad()
     def refresh_thresholds(self, fraction: float) -> None:
         """Recompute t² (and the hard-equivalent masks used for reporting) at `fraction` of the budgets."""
+        if self.granularity == "channel":
+            self._refresh_channel_thresholds(fraction)
+            return
         for fqn, name in self.weights.items():
             w = self.masks.params[fqn].detach()
             soft = self._soft[name]
@@ -196,10 +212,27 @@ class PDP(Pruner):
             else:
                 keep = round((1.0 - self.budgets[fqn] * fraction) * w.numel())
                 t, hard = self._threshold(magnitude, keep)
-            soft.t2 = (t * t).to(w.dtype) if torch.is_tensor(t) else torch.tensor(t * t, dtype=w.dtype, device=w.device)
+            t = torch.as_tensor(t, dtype=w.dtype, device=w.device)
+            soft.t2 = torch.where(t < 0, torch.full_like(t, -1.0), t * t)  # t < 0: nothing pruned yet, m = 1
             scale = float((w.float() ** 2).mean()) if self.tau_normalize else 1.0
             soft.inv_tau = torch.tensor(1.0 / (self.tau * max(scale, 1e-30)), dtype=w.dtype, device=w.device)
             self.masks.set(fqn, hard)
+
+    @torch.no_grad()
+    def _refresh_channel_thresholds(self, fraction: float) -> None:
+        state = self._channel_state
+        new = {fqn: torch.ones_like(m) for fqn, m in self.masks.masks.items()}
+        for i, group in enumerate(self.groups):
+            s2 = pdp_channel.group_scores(self.model, group).detach().float()
+            keep = max(1, round((1.0 - self.budgets[str(i)] * fraction) * group.size))
+            t, hard = self._threshold(s2.sqrt(), keep)
+            ref = getattr(state, f"t2_{i}")
+            setattr(state, f"t2_{i}", torch.tensor(t * t if t > 0 else -1.0, dtype=ref.dtype, device=ref.device))
+            scale = float(s2.mean()) if self.tau_normalize else 1.0
+            setattr(state, f"inv_tau_{i}", torch.tensor(1.0 / (self.tau * max(scale, 1e-30)), device=ref.device))
+            group.expand(hard, new)
+        for fqn, mask in new.items():
+            self.masks.set(fqn, mask)
 
     @staticmethod
     def _threshold(magnitude: torch.Tensor, keep: int) -> tuple[float, torch.Tensor]:
@@ -227,7 +260,7 @@ class PDP(Pruner):
     def soft_mask(self, name: str) -> torch.Tensor:
         """The current soft mask m(w) of a targeted module (for tests and plots)."""
         soft = self._soft[name]
-        w = self.masks.params[self.weight_fqn(name)].detach()
+        w = self.masks.params[f"{name}.weight"].detach()
         return torch.sigmoid((w * w - soft.t2) * soft.inv_tau) if soft.enabled else torch.ones_like(w)
 
     @torch.no_grad()
@@ -236,8 +269,7 @@ class PDP(Pruner):
         if self.budgets is None:
             self.budgets = self._layer_budgets()
         self.refresh_thresholds(1.0)
-        for soft in self._soft.values():
-            soft.enabled = False
+        self._set_soft(False)
         self.hardened = True
         self.masks.apply_to_weights()
         if getattr(self, "optimizer", None) is not None:
@@ -252,12 +284,16 @@ class PDP(Pruner):
         if not self.hardened:
             self.harden()
         self.masks.apply_to_weights()
-        masks = {name: self.masks.masks[fqn].clone() for fqn, name in self.weights.items()}
+        masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
         self.masks.remove()
-        for name in self.weights.values():
-            module = self.model.get_submodule(name)
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            module.weight.data.mul_(masks[name])
+        if self.granularity == "channel":
+            pdp_channel.uninstall(self.model, self.groups, self._channel_state)
+        else:
+            for name in self.weights.values():
+                parametrize.remove_parametrizations(self.model.get_submodule(name), "weight", leave_parametrized=False)
+        with torch.no_grad():
+            for fqn, mask in masks.items():
+                self.model.get_parameter(fqn).mul_(mask)
 
     # ------------------------------------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
@@ -266,8 +302,7 @@ class PDP(Pruner):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.budgets = state.get("budgets")
         self.hardened = state.get("hardened", False)
-        for soft in self._soft.values():
-            soft.enabled = self.budgets is not None and not self.hardened
+        self._set_soft(self.budgets is not None and not self.hardened)
 
     def describe(self) -> dict[str, Any]:
         return {

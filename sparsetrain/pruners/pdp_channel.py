@@ -1,0 +1,107 @@
+"""PDP's soft mask for coupled channel groups (filter norms as magnitudes).
+
+Each group's channel score is the mean squared weight of its coupled producer filters, s_c², computed in
+every forward pass *with* autograd (a forward pre-hook on the network), so gradients reach every filter
+through both the mask and the weights, as in the unstructured case. The mask m_c = σ((s_c² − t²)/τ)
+multiplies every output-side slice of the group (producer rows and biases, BN weight and bias), which scales
+each channel's output whether or not a normalisation layer follows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsetrain.granularity import ChannelGroup, ParamSlice
+from sparsetrain.masking import resolve
+
+
+class ChannelMaskState(nn.Module):
+    """Per-group thresholds (buffers, so they are checkpointed) and the masks of the current forward."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        for i, _ in enumerate(sizes):
+            self.register_buffer(f"t2_{i}", torch.zeros(()))
+            self.register_buffer(f"inv_tau_{i}", torch.ones(()))
+        self.enabled = False
+        self.current: list[torch.Tensor] = []
+
+
+class ChannelSoftMask(nn.Module):
+    """Parametrization multiplying rows `index` (along `dim`) by their group channel's soft mask."""
+
+    def __init__(self, state: ChannelMaskState, group: int, piece: ParamSlice) -> None:
+        super().__init__()
+        self.state, self.group, self.dim = [state], group, piece.dim  # list: not a registered submodule
+        self.register_buffer("index", piece.index.clone(), persistent=False)
+        self.register_buffer("root", piece.root.clone(), persistent=False)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[0]
+        if not state.enabled or not state.current:
+            return p
+        m = state.current[self.group][self.root.to(p.device)].to(p.dtype)
+        mult = torch.ones(p.shape[self.dim], dtype=p.dtype, device=p.device).index_put((self.index.to(p.device),), m)
+        shape = [1] * p.ndim
+        shape[self.dim] = -1
+        return p * mult.view(shape)
+
+
+def group_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """Mean squared producer-filter weight per channel, differentiable (reads the un-masked originals)."""
+    total, count = None, 0
+    for piece in group.slices:
+        if not piece.producer or not piece.param.endswith("weight"):
+            continue
+        owner, name = resolve(model, piece.param)
+        w = getattr(owner, name)
+        rows = w.movedim(piece.dim, 0)[piece.index.to(w.device)].reshape(len(piece.index), -1)
+        part = torch.zeros(group.size, dtype=w.dtype, device=w.device).index_add(
+            0, piece.root.to(w.device), rows.pow(2).sum(1)
+        )
+        total = part if total is None else total + part
+        count += rows.shape[1]
+    return total / max(1, count)
+
+
+def install(model: nn.Module, groups: list[ChannelGroup]) -> ChannelMaskState:
+    """Register the parametrizations and the pre-forward hook computing this forward's channel masks."""
+    state = ChannelMaskState([g.size for g in groups])
+    model.add_module("pdp_channel_state", state)
+    for gi, group in enumerate(groups):
+        for piece in group.slices:
+            if piece.dim != 0:
+                continue
+            owner_name, _, pname = piece.param.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            parametrize.register_parametrization(owner, pname, ChannelSoftMask(state, gi, piece))
+
+    def compute_masks(module: nn.Module, args) -> None:
+        if not state.enabled:
+            state.current = []
+            return
+        masks = []
+        for gi, group in enumerate(groups):
+            s2 = group_scores(model, group)
+            t2, inv_tau = getattr(state, f"t2_{gi}"), getattr(state, f"inv_tau_{gi}")
+            masks.append(torch.sigmoid((s2 - t2) * inv_tau))
+        state.current = masks
+
+    state.hook = model.register_forward_pre_hook(compute_masks)
+    return state
+
+
+def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> None:
+    """Remove hook, parametrizations (keeping the raw weights) and the state module."""
+    state.hook.remove()
+    for group in groups:
+        for piece in group.slices:
+            if piece.dim != 0:
+                continue
+            owner_name, _, pname = piece.param.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            if parametrize.is_parametrized(owner, pname):
+                parametrize.remove_parametrizations(owner, pname, leave_parametrized=False)
+    del model._modules["pdp_channel_state"]
