@@ -133,6 +133,15 @@ def main() -> None:
                 )
                 print(rows[-1], flush=True)
             table[f"{model_key}/b{batch}"] = cell
+            write_json(
+                args.out,
+                {
+                    "machine": machine(),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": table,
+                    "complete": False,
+                },
+            )
     write_json(args.out, {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "results": table})
     print(markdown_table(["model", "batch", "pruner", "step ms", "× dense (median)", "spread"], rows))
 
