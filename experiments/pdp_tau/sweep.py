@@ -11,6 +11,7 @@ this table only.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ VARIANTS = {
 def main() -> None:
     rows, out = [], {}
     for name, overrides in VARIANTS.items():
-        run_dir = HERE / "runs" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+        run_dir = HERE / "runs" / re.sub(r"[^\w.-]+", "_", name.replace("=", "")).strip("_")
         if not (run_dir / "results.json").exists():
             subprocess.run(
                 [sys.executable, "train.py", *BASE, *overrides, f"hydra.run.dir={run_dir}"],
