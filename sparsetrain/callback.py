@@ -155,7 +155,8 @@ class SparsityCallback(pl.Callback):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for mask in self.pruner.masks.masks.values():
                 dist.broadcast(mask, src=0)
-            self.pruner.masks.apply_to_weights()
+            if self.pruner.masks_weights:
+                self.pruner.masks.apply_to_weights()
 
     def metrics(self) -> dict[str, float]:
         """`sparsity/global`, `flops/ratio` and (optionally) `sparsity/<layer>` from the current masks."""

@@ -148,3 +148,40 @@ def test_channel_soft_masks_are_coupled_differentiable_and_harden_exactly():
     plain.load_state_dict(model.state_dict(), strict=True)
     for fqn, count in expected.items():
         assert torch.count_nonzero(plain.get_parameter(fqn)) <= count
+
+
+def test_soft_phase_logs_the_ramp_without_hard_masking_the_weights(compose):
+    """Threshold refreshes report sparsity and churn (users watch the ramp), but the weights stay soft."""
+    import csv
+
+    from sparsetrain.app import run
+
+    cfg = compose(
+        "+pruner=pdp",
+        "pruner.sparsity=0.8",
+        "pruner.warmup=0.1",
+        "pruner.end=0.5",
+        "pruner.finetune=0.3",
+        "pruner.threshold_every=1",
+    )
+    run(cfg)
+    with open(f"{cfg.output_dir}/csv/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    ramp = [
+        (int(r["step"]), float(r["sparsity/global"])) for r in rows if r.get("sparsity/global") and r.get("mask/churn")
+    ]
+    steps, sparsity = zip(*ramp, strict=True)
+    assert len(ramp) >= 5 and list(steps) == sorted(steps)
+    assert sparsity[0] < 0.5 < sparsity[-1] and sparsity[-1] == pytest.approx(0.8, abs=1e-3)
+    assert all(b >= a - 1e-9 for a, b in zip(sparsity, sparsity[1:], strict=False))  # the ramp only rises
+
+
+def test_refresh_reports_churn_but_leaves_weights_unmasked_in_the_soft_phase():
+    model, pruner = _pdp(steps=100, threshold_every=5)
+    pruner.before_forward(30)
+    report = pruner.before_optimizer_step(30, pruner.optimizer)
+    assert set(report) == {"mask/churn"} and not pruner.masks_weights
+    original = model.fc1.parametrizations.weight.original
+    hard_zero = pruner.masks.masks["fc1.weight"] == 0
+    assert hard_zero.any() and torch.count_nonzero(original.detach()[hard_zero]) == int(hard_zero.sum())
+    assert pruner.before_optimizer_step(31, pruner.optimizer) == {}  # reported once per refresh

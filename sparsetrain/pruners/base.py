@@ -86,6 +86,11 @@ class Pruner:
     key: ClassVar[str] = "base"
     regrows: ClassVar[bool] = False
 
+    @property
+    def masks_weights(self) -> bool:
+        """Whether the masks are enforced on the weights now (False while a soft mask only reports them)."""
+        return True
+
     def __init__(
         self,
         *,
@@ -321,20 +326,21 @@ class Pruner:
         index = first.index if first.index.ndim == 1 else first.index[:, 0]
         return rows.reshape(rows.shape[0], -1)[index.to(rows.device)].any(dim=1)
 
+    def churn(self, before: dict[str, torch.Tensor]) -> float:
+        """Fraction of the targeted weights active now that were inactive in `before` (newly grown)."""
+        grown = active = 0
+        for fqn in self.weights:
+            new, old = self.masks.masks[fqn], before[fqn]
+            grown += int(((new != 0) & (old == 0)).sum())
+            active += int(new.count_nonzero())
+        return grown / active if active else 0.0
+
     def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Clear optimizer state where masks changed; report churn and apply the masks to the weights."""
-        changed, grown, active = {}, 0, 0
-        for fqn, old in before.items():
-            new = self.masks.masks[fqn]
-            diff = new != old
-            if diff.any():
-                changed[fqn] = diff
-            if fqn in self.weights:
-                grown += int(((new != 0) & (old == 0)).sum())
-                active += int(new.count_nonzero())
-        self.masks.zero_optimizer_state(optimizer, changed)
+        changed = {fqn: old != self.masks.masks[fqn] for fqn, old in before.items()}
+        self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
         self.masks.apply_to_weights()
-        self.last_churn = grown / active if active else 0.0
+        self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn}
 
     # ----------------------------------------------------------------------------------------- state

@@ -115,6 +115,7 @@ class PDP(Pruner):
         self.budgets: dict[str, float] | None = None
         self.hardened = False
         self._soft: dict[str, SoftMask] = {}
+        self._report: dict[str, float] = {}  # metrics of this step's threshold refresh, logged by the callback
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
@@ -152,24 +153,36 @@ class PDP(Pruner):
             return min(1.0, self.epsilon * (epoch + 1))
         return self.schedule.sparsity_at(step) / self.sparsity if self.sparsity > 0 else 0.0
 
+    @property
+    def masks_weights(self) -> bool:
+        return self.hardened
+
     def before_forward(self, step: int) -> None:
         if self.hardened or step < self.warmup_step:
             return
         if self.budgets is None:
             self.budgets = self._layer_budgets()
             self._set_soft(True)
-        if step >= self.harden_step:
+        harden = step >= self.harden_step
+        if not harden and (step - self.warmup_step) % self.threshold_every != 0:
+            return
+        before = {fqn: self.masks.masks[fqn].clone() for fqn in self.weights}
+        if harden:
             self.harden()
-        elif (step - self.warmup_step) % self.threshold_every == 0:
+        else:
             self.refresh_thresholds(self.progress(step))
+        self.last_churn = self.churn(before)
+        self._report = {"mask/churn": self.last_churn}
 
     def is_update_step(self, step: int) -> bool:
         return False  # soft phase: thresholds refresh in before_forward; no hard-mask decisions
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Mask gradients once hard; report the hard-equivalent masks of this step's threshold refresh."""
         if self.hardened:
             self.masks.apply_to_grads()
-        return {}
+        report, self._report = self._report, {}
+        return report
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         if self.hardened:
