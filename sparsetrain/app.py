@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -70,12 +71,38 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def dense_reference(model: str, data: str, epochs: Any) -> float | None:
-    """Dense test accuracy of the same budget from the committed reference (mean over seeds), if any."""
-    if not DENSE_REFERENCE.exists():
+def dense_reference(model: str, data: str, trainer_cfg: DictConfig) -> float | None:
+    """Dense test accuracy of the same budget from the committed reference (mean over seeds), if any.
+
+    The reference is for whole epochs; a run cut short (`max_steps`, `limit_train_batches`) has none.
+    """
+    if not DENSE_REFERENCE.exists() or trainer_cfg.get("max_steps", -1) not in (-1, None):
+        return None
+    if trainer_cfg.get("limit_train_batches") not in (None, 1.0):
         return None
     table = json.loads(DENSE_REFERENCE.read_text())
-    return table.get(f"{model}/{data}/{epochs}ep")
+    return table.get(f"{model}/{data}/{trainer_cfg.get('max_epochs')}ep")
+
+
+def check_resume(ckpt_path: str, pruner_key: str | None) -> None:
+    """Fail in one line when a checkpoint is resumed with another pruner than the one that wrote it.
+
+    Hydra does not restore a run's config from its checkpoint, so the user repeats the overrides; a missing
+    or different `+pruner=` would otherwise fail deep inside the state-dict load (or, with the same mask
+    buffers, silently continue another method's masks).
+    """
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    written = [
+        k[len("SparsityCallback[") : -1] for k in checkpoint.get("callbacks", {}) if k.startswith("SparsityCallback[")
+    ]
+    wrote = written[0] if written else None
+    if wrote != pruner_key:
+        raise ValueError(
+            f"ckpt_path was written by a run with {f'+pruner={wrote}' if wrote else 'no pruner'}, but this run has "
+            f"{f'+pruner={pruner_key}' if pruner_key else 'none'}: repeat the original run's overrides when resuming"
+        )
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
@@ -133,6 +160,8 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.get("progress_bar", True),
     )
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, pruner.key if pruner is not None else None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     train_time = time.perf_counter() - start
@@ -154,7 +183,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         "seed": cfg.seed,
         "test_acc": test_acc,
         "val_acc": float(val_acc) if val_acc is not None else None,
-        "dense_test_acc": dense_reference(cfg.model.name, dm.name, cfg.trainer.get("max_epochs")),
+        "dense_test_acc": dense_reference(cfg.model.name, dm.name, cfg.trainer),
         **{k: summary[k] for k in ("sparsity", "params_total", "params_nonzero", "flops_dense", "flops_sparse")},
         "train_time_s": round(train_time, 2),
         "steps": int(trainer.global_step),
@@ -191,4 +220,4 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     return float(val_acc) if val_acc is not None else float("nan")
 
 
-__all__ = ["output_dir", "prepare", "run"]
+__all__ = ["check_resume", "output_dir", "prepare", "run"]

@@ -69,6 +69,7 @@ class SparsityCallback(pl.Callback):
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
         self._hook = None
+        self._dead: set[str] = set()
 
     @property
     @override
@@ -134,7 +135,10 @@ class SparsityCallback(pl.Callback):
         if metrics:
             self._sync_masks()
             metrics.update(self.metrics())
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+            self._warn_dead_layers()
+            if trainer.is_global_zero:  # straight to the loggers: an event's values at its own step, never throttled
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=trainer.global_step)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -149,6 +153,26 @@ class SparsityCallback(pl.Callback):
         self.summary = self.report()
         if self.do_finalize:
             self.pruner.finalize()
+
+    def _warn_dead_layers(self) -> None:
+        """Warn once per layer that the allocation pruned completely (it disconnects the network)."""
+        dead = {n for n, s in self.pruner.layer_sparsity().items() if s >= 1.0} - self._dead
+        if dead:
+            rank_zero_warn(
+                f"sparsetrain: layers pruned to density 0 (the network is cut there): {sorted(dead)}; "
+                "lower pruner.sparsity, use allocation=erk/uniform, or exclude them"
+            )
+            self._dead |= dead
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        written = [k for k in checkpoint.get("callbacks", {}) if k.startswith("SparsityCallback[")]
+        if written and self.state_key not in written:
+            raise ValueError(
+                f"the checkpoint was written by {written[0]}, not {self.state_key}: resume with the same pruner"
+            )
 
     def _sync_masks(self) -> None:
         """Broadcast rank 0's masks: decisions are made from identical data, this makes it a guarantee."""

@@ -10,12 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
     """A user-facing configuration error (printed as one line by `train.py`)."""
+
+
+def default_sparsity(granularity: str, n: Any, m: Any, default: float) -> float:
+    """The YAML default of `pruner.sparsity`: implied by N:M (1 − n/m) with `granularity=nm`, else `default`.
+
+    So `+pruner=gmp pruner.granularity=nm` needs no `pruner.sparsity`, while an explicit value that
+    contradicts n:m still fails in the pruner (CONVENTIONS: keys).
+    """
+    if granularity == "nm" and isinstance(n, int) and isinstance(m, int) and 0 < n < m:
+        return 1.0 - n / m
+    return default
+
+
+OmegaConf.register_new_resolver("sparsity_default", default_sparsity, replace=True)
 
 
 @dataclass
@@ -41,7 +55,7 @@ class ModelConfig:
     """`conf/model/*`: where the network comes from."""
 
     source: str = "builtin"
-    name: str = "resnet20"
+    name: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +82,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     """
     cfg.optim = _merge(OptimConfig, cfg.optim, "optim")
     cfg.model = _merge(ModelConfig, cfg.model, "model")
+    if OmegaConf.is_missing(cfg.model, "name"):
+        raise ConfigError(f"model={cfg.model.source} needs model.name, e.g. model.name=resnet18")
     for (group, key), allowed in _CHOICES.items():
         value = cfg[group][key]
         if value not in allowed:

@@ -23,6 +23,15 @@ def test_every_pruner_yaml_instantiates_its_registered_class(compose, pruner):
     assert obj.key == pruner
 
 
+@pytest.mark.parametrize("pruner", _options("pruner"))
+def test_nm_needs_no_sparsity_and_the_run_seed_reaches_the_pruner(compose, pruner):
+    cfg = compose(f"+pruner={pruner}", "pruner.granularity=nm", "pruner.n=1", "seed=7", fast=False)
+    obj = instantiate(cfg.pruner)
+    assert obj.sparsity == 0.75 and (obj.n, obj.m) == (1, 4)
+    assert obj.seed == 7  # -m seed=0,1 draws different random masks (ERK init, SET regrowth)
+    assert instantiate(compose(f"+pruner={pruner}", fast=False).pruner).sparsity == 0.9
+
+
 @pytest.mark.parametrize("data", _options("data"))
 def test_every_data_yaml_composes_and_builds(compose, data, tmp_path):
     extra = [f"data.root={tmp_path}"] if data == "imagenet" else []

@@ -119,6 +119,33 @@ def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
         assert torch.allclose(wa[k], wb[k], atol=1e-6), f"weights differ in {k}"
 
 
+def test_resuming_with_another_pruner_is_one_clear_line(compose):
+    first = compose("+pruner=gmp", "pruner.sparsity=0.5", "trainer.max_epochs=1")
+    run(first)
+    ckpt = f"ckpt_path={Path(first.output_dir) / 'checkpoints' / 'last.ckpt'}"
+    for overrides, message in [
+        ([], r"written by a run with \+pruner=gmp, but this run has none"),
+        (["+pruner=rigl"], r"written by a run with \+pruner=gmp, but this run has \+pruner=rigl"),
+        (["ckpt_path=/nonexistent.ckpt"], "does not exist"),
+    ]:
+        with pytest.raises(ValueError if "ckpt_path=" not in str(overrides) else FileNotFoundError) as info:
+            run(compose("trainer.max_epochs=2", ckpt, *overrides))
+        assert __import__("re").search(message, one_line_error(info.value))
+
+
+def test_update_events_are_logged_at_their_own_step(compose):
+    """Events go straight to the loggers: not throttled by log_every_n_steps, never a stale value."""
+    import csv
+
+    cfg = compose("+pruner=granet", "pruner.sparsity=0.8", "pruner.update_every=3", "trainer.log_every_n_steps=50")
+    run(cfg)
+    with open(Path(cfg.output_dir) / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("mask/churn")]
+    # 10 steps, end=0.5: prune events at 0, 3 and exactly at end (5); prune-and-regrow at 3, 6, 9
+    assert [int(r["step"]) for r in rows] == [0, 3, 5, 6, 9]
+    assert all(r["sparsity/global"] and r["flops/ratio"] for r in rows)
+
+
 def test_imp_runs_all_rounds_in_one_fit(compose):
     cfg = compose(
         "+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "pruner.rewind_step=2", "trainer.max_epochs=1"
@@ -143,6 +170,7 @@ def test_imp_runs_all_rounds_in_one_fit(compose):
         (["optim.lr=-1"], "optim.lr must be > 0"),
         (["optim.lr=fast"], "invalid optim config"),
         (["model=timm", "model.name=resnet5O"], "unknown timm model 'resnet5O'; closest: "),
+        (["model=timm"], "model=timm needs model.name, e.g. model.name=resnet18"),
         (["model=torchvision", "model.name=inception_v3"], "cannot take 1x16x16 inputs"),
         (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
         (["data=cifar10", "data.root=/nonexistent", "logger=csv"], "cifar10 not found: expected /nonexistent/cifar-10"),
@@ -170,3 +198,9 @@ def test_cli_prints_one_line_before_training(tmp_path):
     out = proc.stdout + proc.stderr
     assert "error: pruner.sparsity must be in [0, 1), got 1.5" in out
     assert "Traceback" not in out and "Epoch" not in out
+
+
+def test_a_layer_pruned_to_density_zero_is_warned_about(compose):
+    cfg = compose("+pruner=gmp", "pruner.sparsity=0.999", "pruner.update_every=2", "trainer.max_epochs=1")
+    with pytest.warns(UserWarning, match=r"layers pruned to density 0 \(the network is cut there\): \['conv2'"):
+        run(cfg)

@@ -86,12 +86,14 @@ def main() -> None:
     for method in METHODS[1:]:
         pts = [(xs[s], statistics.mean(cells[(method, s)])) for s in xs if (method, s) in cells]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+            seeds = [(xs[s], a) for s in xs for a in cells.get((method, s), [])]
+            ax.scatter(*zip(*seeds, strict=True), s=12, color=line.get_color(), alpha=0.4)  # single seeds
     if dense_mean is not None:
         ax.axhline(dense_mean, color="k", ls="--", lw=1, label="dense")
     ax.set_xlabel("sparsity")
     ax.set_ylabel("test accuracy")
-    ax.set_title("ResNet-20, Fashion-MNIST, 3 epochs")
+    ax.set_title("ResNet-20, Fashion-MNIST, 3 epochs\n(lines: mean over seeds; dots: single seeds)", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(HERE / "accuracy_vs_sparsity.png", dpi=120)
