@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accuracy study, in priority order (one run at a time: the machine has 2 cores). Resumable: finished
-# runs (with results.json) are skipped. Each run is ~8-15 min here, so the order matters.
+# runs (with results.json) are skipped. A run takes 3-6 min here, so the order matters.
 set -uo pipefail
 R=experiments/accuracy/run.sh
 cd "$(dirname "$0")/../.."

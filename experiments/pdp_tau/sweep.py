@@ -32,7 +32,7 @@ BASE = [
 ]
 VARIANTS = {
     "tau=0.01 (relative)": ["pruner.tau=0.01"],
-    "tau=0.05 (relative, default)": ["pruner.tau=0.05"],
+    "tau=0.05 (relative)": ["pruner.tau=0.05"],
     "tau=0.2 (relative)": ["pruner.tau=0.2"],
     "tau=1e-5 (absolute, paper)": ["pruner.tau=1e-5", "pruner.tau_normalize=false"],
     "tau=0.05, threshold_every=1": ["pruner.tau=0.05", "pruner.threshold_every=1"],
