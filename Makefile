@@ -35,7 +35,7 @@ data:
 		echo "Fashion-MNIST not installed: run 'sudo apt-get install dataset-fashion-mnist' or put the four idx .gz files in data/fashion_mnist (training will try torchvision's download)"; \
 	fi
 
-# The main job: GraNet at 90 % sparsity, ResNet-20, Fashion-MNIST, 3 epochs (~10 min on 2 CPU cores).
+# The main job: GraNet at 90 % sparsity, ResNet-20, Fashion-MNIST, 3 epochs (~3-6 min of training on 2 CPU cores).
 train: setup data
 	$(PY) train.py +pruner=granet $(ARGS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -109,6 +110,8 @@ class SparsityCallback(pl.Callback):
     def _extend_fit(self, trainer: pl.Trainer) -> None:
         """Give pruners that train several rounds (IMP) the optimizer steps they need."""
         budget = int(trainer.estimated_stepping_batches)
+        if trainer.num_training_batches not in (0, float("inf")):  # per-epoch schedules (PDP's ε ramp)
+            self.pruner.steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         needed = self.pruner.total_fit_steps(self.pruner.total_steps)
         if needed > budget:
             trainer.fit_loop.epoch_loop.max_steps = needed

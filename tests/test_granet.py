@@ -67,19 +67,33 @@ def test_a_weight_just_pruned_may_come_back_and_keeps_its_value():
     assert w.reshape(-1)[32] == 33.0  # unchanged, not "new"
 
 
-def test_regrown_weights_and_their_momentum_start_at_zero():
+@pytest.mark.parametrize(
+    ("make_opt", "state_keys"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4), ["momentum_buffer"]),
+        (lambda p: torch.optim.AdamW(p, lr=1e-2), ["exp_avg", "exp_avg_sq"]),
+    ],
+    ids=["sgd_momentum", "adamw"],
+)
+def test_regrown_weights_and_their_optimizer_state_start_at_zero(make_opt, state_keys):
     torch.manual_seed(0)
     model = MLP()
     pruner = RigL(sparsity=0.8, update_every=3, regrow_end=1.0)
     pruner.attach(model, 30, torch.zeros(1, 16))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = make_opt(model.parameters())
     pruner.on_fit_start(opt, [])
-    data = batches(30, (16,))
     checked = 0
-    for step, (x, y) in enumerate(data):
+    for step, (x, y) in enumerate(batches(30, (16,))):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         before = {k: v.clone() for k, v in pruner.masks.masks.items()}
+        if pruner.is_update_step(step) and step > 0:
+            with torch.no_grad():  # stale values at every inactive position: regrowth must not inherit them
+                for fqn, mask in before.items():
+                    param = pruner.masks.params[fqn]
+                    param[mask == 0] = 1.0
+                    for key in state_keys:
+                        opt.state[param][key][mask == 0] = 1.0
         metrics = pruner.before_optimizer_step(step, opt)
         if metrics and step > 0:
             for fqn in pruner.weights:
@@ -87,12 +101,40 @@ def test_regrown_weights_and_their_momentum_start_at_zero():
                 if grown.any():
                     param = pruner.masks.params[fqn]
                     assert torch.all(param[grown] == 0)
-                    assert torch.all(opt.state[param]["momentum_buffer"][grown] == 0)
+                    for key in state_keys:
+                        assert torch.all(opt.state[param][key][grown] == 0), key
                     checked += 1
             assert metrics["mask/churn"] > 0
         opt.step()
         pruner.after_optimizer_step(step, opt)
     assert checked > 0
+
+
+def test_an_update_event_on_a_step_the_amp_scaler_skips_moves_to_the_next_step():
+    torch.manual_seed(0)
+    model = MLP()
+    pruner = GraNet(sparsity=0.9, update_every=4, end=0.5)
+    pruner.attach(model, 40, torch.zeros(1, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pruner.on_fit_start(opt, [])
+    end = pruner.schedule.end_step
+    assert pruner.schedule.is_event(end)
+    for step, (x, y) in enumerate(batches(end + 2, (16,))):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        before = {k: v.clone() for k, v in pruner.masks.masks.items()}
+        if step == end:  # an overflow: the scaler would skip this optimizer step
+            next(iter(pruner.masks.params.values())).grad[0, 0] = float("inf")
+        metrics = pruner.before_optimizer_step(step, opt)
+        if step == end:
+            assert metrics == {}
+            assert all(torch.equal(before[k], m) for k, m in pruner.masks.masks.items())
+            assert pruner.global_sparsity() < 0.9
+            opt.zero_grad()  # what the scaler's skip amounts to
+        if step == end + 1:  # the deferred `end` event: exactly on target
+            assert metrics and pruner.global_sparsity() == pytest.approx(0.9, abs=1e-3)
+        opt.step()
+        pruner.after_optimizer_step(step, opt)
 
 
 def test_granet_reaches_target_exactly_at_end_and_keeps_regrowing_after():

@@ -185,3 +185,29 @@ def test_refresh_reports_churn_but_leaves_weights_unmasked_in_the_soft_phase():
     hard_zero = pruner.masks.masks["fc1.weight"] == 0
     assert hard_zero.any() and torch.count_nonzero(original.detach()[hard_zero]) == int(hard_zero.sum())
     assert pruner.before_optimizer_step(31, pruner.optimizer) == {}  # reported once per refresh
+
+
+def test_absolute_tau_equals_the_formula_without_normalisation():
+    model, pruner = _pdp(tau=1e-3, tau_normalize=False)
+    pruner.before_forward(60)
+    w = model.fc1.parametrizations.weight.original.detach()
+    t2 = pruner._soft["fc1"].t2
+    assert torch.allclose(pruner.soft_mask("fc1"), torch.sigmoid((w**2 - t2) / 1e-3), atol=1e-6)
+
+
+def test_thresholds_use_no_autograd_no_kthvalue_and_refresh_once_per_optimizer_step(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.kthvalue is slow on GPU; PDP must not use it")
+
+    monkeypatch.setattr(torch, "kthvalue", forbidden)
+    monkeypatch.setattr(torch.Tensor, "kthvalue", forbidden)
+    model, pruner = _pdp(threshold_every=1)
+    calls = []
+    refresh = pruner.refresh_thresholds
+    monkeypatch.setattr(pruner, "refresh_thresholds", lambda fraction: calls.append(fraction) or refresh(fraction))
+    for step in range(1, 6):
+        for _ in range(3):  # three micro-batches of one optimizer step (gradient accumulation)
+            pruner.before_forward(step)
+    assert len(calls) == 5
+    soft = pruner._soft["fc1"]
+    assert not soft.t2.requires_grad and soft.t2.grad_fn is None and soft.inv_tau.grad_fn is None

@@ -28,6 +28,9 @@ KEYS = [
     "train_time_s",
     "steps",
     "layers",
+    "val_acc",
+    "dense_test_acc",
+    "pruner_config",
 ]
 
 
@@ -42,6 +45,15 @@ class StopAfterEpoch(pl.Callback):
             trainer.should_stop = True
 
 
+class StartStep(pl.Callback):
+    """Records the optimizer step at which training (re)starts."""
+
+    start: int | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = trainer.global_step
+
+
 def _results(cfg) -> dict:
     return json.loads((Path(cfg.output_dir) / "results.json").read_text())
 
@@ -52,7 +64,9 @@ def test_dense_run_writes_results_with_every_key(compose):
     r = _results(cfg)
     assert all(k in r for k in KEYS)
     assert r["pruner"] is None and r["model"] == "lenet5" and r["data"] == "fake" and r["seed"] == 0
-    assert 0.0 <= val_acc <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+    assert 0.0 <= val_acc <= 1.0 and 0.0 <= r["test_acc"] <= 1.0 and r["val_acc"] == pytest.approx(val_acc)
+    assert r["dense_test_acc"] is None  # no committed reference for lenet5 on fake data
+    assert r["pruner_config"] is None and r["max_epochs"] == 2
     assert r["sparsity"] == 0.0 and r["params_nonzero"] == r["params_total"] > 0
     assert r["flops_sparse"] == r["flops_dense"] > 0
     assert r["steps"] == 2 * (86 // 16)  # 2 epochs of 86 training images (10 % held out) at batch 16, drop_last
@@ -82,6 +96,32 @@ def test_sparse_run_reports_mask_sparsity_flops_and_exports_plain_weights(compos
     metrics = (Path(cfg.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
     for name in ("sparsity/global", "flops/ratio", "mask/churn", "sparsity/conv2", "train/loss", "val/acc"):
         assert name in metrics
+    assert r["pruner_config"]["sparsity"] == 0.8 and r["pruner_config"]["update_every"] == 2
+
+
+@pytest.mark.parametrize(
+    ("pruner", "events"),
+    [
+        # 10 optimizer steps, end=0.5: prune at 0, 3, 5 (end); prune-and-regrow at 3, 6, 9 (3 shared)
+        (["+pruner=granet", "pruner.update_every=3"], [0, 3, 5, 6, 9]),
+        # warm-up to step 1, thresholds refreshed at 1, 3, 5, 7 (ramp to end=0.7), hardened at 8 (finetune=0.2)
+        (["+pruner=pdp", "pruner.warmup=0.1", "pruner.end=0.7", "pruner.threshold_every=2"], [1, 3, 5, 7, 8]),
+    ],
+    ids=["granet", "pdp"],
+)
+def test_gradient_accumulation_counts_optimizer_steps(compose, pruner, events):
+    """Two micro-batches per optimizer step: schedules, events and logs follow optimizer steps."""
+    import csv
+
+    accumulate = ["trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4", "trainer.max_epochs=5"]
+    cfg = compose(*pruner, "pruner.sparsity=0.8", *accumulate)
+    run(cfg)
+    r = _results(cfg)
+    assert r["steps"] == 5 * 4 // 2
+    assert r["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    with open(Path(cfg.output_dir) / "csv" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("mask/churn")]
+    assert [int(row["step"]) for row in rows] == events  # once per optimizer step, not per micro-batch
 
 
 @pytest.mark.parametrize(
@@ -106,8 +146,11 @@ def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
     run(full)
     first = compose(*common)
     run(first, callbacks=[StopAfterEpoch(0)])  # "killed" after the first epoch, mid-schedule
-    resumed = compose(*common, f"ckpt_path={Path(first.output_dir) / 'checkpoints' / 'last.ckpt'}")
-    run(resumed)
+    ckpt = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    killed_at = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    resumed, start = compose(*common, f"ckpt_path={ckpt}"), StartStep()
+    run(resumed, callbacks=[start])
+    assert 0 < killed_at == start.start  # really resumed mid-run, not retrained from step 0
     a, b = _results(full), _results(resumed)
     assert a["steps"] == b["steps"]
     assert a["test_acc"] == b["test_acc"]

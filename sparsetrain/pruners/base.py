@@ -67,7 +67,8 @@ class Pruner:
     Args:
         sparsity: Final fraction of zeros over the targeted weights, in [0, 1). With `granularity="nm"` it is
             implied (1 − n/m) and may be omitted. With `granularity="channel"` it is the fraction of
-            channels removed from each prunable channel group.
+            output channels removed over the prunable channel groups (one ranking across groups with
+            `allocation="global"`, every group keeping at least one channel; per group with `uniform`).
         granularity: `unstructured`, `channel` (output channels in coupled groups from Torch-Pruning's
             dependency graph) or `nm` (exactly `n` kept in every `m` consecutive weights along the input dim).
         n: N of N:M.
@@ -144,6 +145,8 @@ class Pruner:
         self.events = 0
         self.last_churn = 0.0
         self.last_val_acc: float | None = None
+        self.steps_per_epoch: int | None = None  # optimizer steps per epoch, set by the callback at fit start
+        self._deferred_step: int | None = None  # an update event the AMP scaler skipped: done at the next step
         self._pending_state: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -223,9 +226,15 @@ class Pruner:
             Metrics to log (empty when nothing changed).
         """
         metrics: dict[str, float] = {}
-        if self.is_update_step(step) and self.grads_finite():
+        event = step if self.is_update_step(step) else self._deferred_step
+        if event is not None and not self.grads_finite():
+            # The AMP scaler skips a step with inf/NaN gradients: masks must not move on it, and the event is
+            # carried out at the next finite step (so the target is still reached when the `end` event was skipped).
+            self._deferred_step = event
+        elif event is not None:
+            self._deferred_step = None
             before = {k: v.clone() for k, v in self.masks.masks.items()}
-            self.update(step)
+            self.update(event)
             metrics = self._after_update(before, optimizer)
             self.events += 1
         self.masks.apply_to_grads()
@@ -339,6 +348,9 @@ class Pruner:
         """Clear optimizer state where masks changed; report churn and apply the masks to the weights."""
         changed = {fqn: old != self.masks.masks[fqn] for fqn, old in before.items()}
         self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
+        with torch.no_grad():  # regrown weights start at 0 (inactive weights already are; this makes it a guarantee)
+            for fqn, old in before.items():
+                self.masks.params[fqn].masked_fill_((old == 0) & (self.masks.masks[fqn] != 0), 0.0)
         self.masks.apply_to_weights()
         self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn}
@@ -352,6 +364,7 @@ class Pruner:
             "events": self.events,
             "rng": self.generator.get_state(),
             "last_churn": self.last_churn,
+            "deferred_step": self._deferred_step,
             **self.extra_state(),
         }
 
@@ -368,6 +381,7 @@ class Pruner:
         self.masks.refresh()
         self.events = state.get("events", 0)
         self.last_churn = state.get("last_churn", 0.0)
+        self._deferred_step = state.get("deferred_step")
         if "rng" in state:
             self.generator.set_state(state["rng"])
         self.load_extra_state(state)

@@ -39,7 +39,8 @@ class GraNet(Pruner):
        `regrow_fraction_min` over all training.
 
     Regrown weights start at 0 and their optimizer state is zeroed (the official code masks only SGD
-    momentum; Adam moments are zeroed here too). Random choices (the ERK initial mask, random growth) use
+    momentum; Adam moments are zeroed here too); a weight dropped and regrown in the same event keeps its
+    value and state, as in the official GraNet and RigL code. Random choices (the ERK initial mask, random growth) use
     the pruner's own generator, seeded identically on every DDP rank (the official code seeds per rank).
 
     Where the paper is silent: `regrow_fraction` uses ceil(ζ·active) per layer as the official code;

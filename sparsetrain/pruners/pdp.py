@@ -113,11 +113,11 @@ class PDP(Pruner):
             raise ValueError(f"pruner.epsilon must be in (0, 1], got {epsilon}")
         self.tau, self.tau_normalize, self.warmup, self.finetune = tau, tau_normalize, warmup, finetune
         self.threshold_every, self.ramp, self.epsilon = threshold_every, ramp, epsilon
-        self.steps_per_epoch: int | None = None  # set by the callback for ramp=epsilon
         self.budgets: dict[str, float] | None = None
         self.hardened = False
         self._soft: dict[str, SoftMask] = {}
         self._report: dict[str, float] = {}  # metrics of this step's threshold refresh, logged by the callback
+        self._seen_step = -1  # gradient accumulation: several forwards share one optimizer step
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
@@ -160,8 +160,9 @@ class PDP(Pruner):
         return self.hardened
 
     def before_forward(self, step: int) -> None:
-        if self.hardened or step < self.warmup_step:
+        if self.hardened or step < self.warmup_step or step == self._seen_step:
             return
+        self._seen_step = step
         if self.budgets is None:
             self.budgets = self._layer_budgets()
             self._set_soft(True)
