@@ -91,6 +91,8 @@ class PDP(Pruner):
             raise ValueError(
                 f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={end}, finetune={finetune}"
             )
+        if not isinstance(threshold_every, int) or threshold_every < 1:
+            raise ValueError(f"pruner.threshold_every must be an integer >= 1 optimizer step, got {threshold_every!r}")
         common.setdefault("schedule", "linear")
         common.setdefault("begin", warmup)
         common.setdefault("end", 0.5)
@@ -105,8 +107,6 @@ class PDP(Pruner):
             raise ValueError(
                 f"PDP needs warmup <= end <= 1 - finetune, got warmup={warmup}, end={self.end}, finetune={finetune}"
             )
-        if not isinstance(threshold_every, int) or threshold_every < 1:
-            raise ValueError(f"pruner.threshold_every must be an integer >= 1 optimizer step, got {threshold_every!r}")
         if ramp not in RAMPS:
             raise ValueError(f"pruner.ramp must be one of {', '.join(RAMPS)}; got {ramp!r}")
         if not 0 < epsilon <= 1:
