@@ -84,7 +84,7 @@ def time_variant(
         opt.step()
         if pruner is not None:
             pruner.after_optimizer_step(step, opt)
-    float(loss)
+    float(loss.detach())  # waits for the last step
     if device == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / (steps - warmup)

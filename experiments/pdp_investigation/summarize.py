@@ -32,20 +32,21 @@ def load(run_dir: Path, study: str) -> dict:
     }
 
 
-def main() -> None:
-    runs = [load(p.parent, "pdp_investigation") for p in sorted((HERE / "runs").glob("*/results.json"))]
+def summarize(here: Path, methods: tuple[str, ...]) -> None:
+    """Print and save the table of a follow-up study in `here`, with the accuracy study's `methods` runs."""
+    runs = [load(p.parent, here.name) for p in sorted((here / "runs").glob("*/results.json"))]
     settings = {(r["sparsity"], r["seed"]) for r in runs}
     baselines = [
         load(p.parent, "accuracy")
         for p in sorted(ACCURACY_RUNS.glob("*/results.json"))
-        if p.parent.name.split("_")[0] in ("gmp", "pdp")
+        if p.parent.name.split("_")[0] in methods
     ]
     baselines = [b for b in baselines if (b["sparsity"], b["seed"]) in settings]
     rows_all = sorted(baselines + runs, key=lambda r: (r["sparsity"], r["seed"], r["pruner"], r["run"]))
     rows = [[r["sparsity"], r["seed"], r["command"], f"{r['test_acc']:.4f}", r["train_time_s"]] for r in rows_all]
     print(markdown_table(["sparsity", "seed", "overrides", "test_acc", "train_time_s"], rows))
-    write_json(HERE / "results.json", {"runs": rows_all})
+    write_json(here / "results.json", {"runs": rows_all})
 
 
 if __name__ == "__main__":
-    main()
+    summarize(HERE, ("gmp", "pdp"))

@@ -1,0 +1,11 @@
+"""GraNet's regrowth on a short budget: the follow-up runs next to the accuracy study's GMP and GraNet runs.
+
+    .venv/bin/python -m experiments.granet_investigation.summarize
+"""
+
+from pathlib import Path
+
+from experiments.pdp_investigation.summarize import summarize
+
+if __name__ == "__main__":
+    summarize(Path(__file__).parent, ("gmp", "granet"))
