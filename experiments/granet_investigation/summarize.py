@@ -1,6 +1,6 @@
 """GraNet's regrowth on a short budget: the follow-up runs next to the accuracy study's GMP and GraNet runs.
 
-    .venv/bin/python -m experiments.granet_investigation.summarize
+.venv/bin/python -m experiments.granet_investigation.summarize
 """
 
 from pathlib import Path
