@@ -71,6 +71,19 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- channels
 
 
+def normalize_group_scores(scores: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel scores divided by their group's mean over the alive channels, for one ranking across groups.
+
+    Raw filter norms are not comparable across groups: layers with a larger fan-in get smaller weights at
+    init, so a global ranking would empty the wide late stages first (down to one channel in the residual
+    stream). Dividing by the group mean is Torch-Pruning's `normalizer="mean"` for global pruning.
+    """
+    live = scores if alive is None else scores[alive]
+    if live.numel() == 0:
+        return scores
+    return scores / live.mean().clamp_min(torch.finfo(scores.dtype).tiny)
+
+
 @dataclass(frozen=True)
 class ParamSlice:
     """Entries of one parameter that belong to a group's channels.
@@ -109,15 +122,6 @@ class ChannelGroup:
             rows = p.movedim(s.dim, 0)[s.index.to(p.device)].reshape(len(s.index), -1).pow(2).sum(1)
             out = out.to(p.device).index_add_(0, s.root.to(p.device), rows)
         return out
-
-    def elements_per_channel(self, params: dict[str, torch.Tensor]) -> int:
-        """Producer weight entries per channel (to compare scores across groups of different fan-in)."""
-        total = 0
-        for s in self.slices:
-            if s.producer and s.param.endswith("weight"):
-                p = params[s.param]
-                total += p.numel() // p.shape[s.dim]
-        return max(1, total)
 
     def expand(self, keep: torch.Tensor, masks: dict[str, torch.Tensor]) -> None:
         """Zero, in `masks`, every entry of the channels not kept (`keep`: bool of shape (size,))."""

@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from sparsetrain.allocation import erk_densities, global_keep_counts, keep_counts
-from sparsetrain.granularity import ChannelGroup, build_channel_groups, nm_compatible, nm_mask, topk_mask
+from sparsetrain.granularity import (
+    ChannelGroup,
+    build_channel_groups,
+    nm_compatible,
+    nm_mask,
+    normalize_group_scores,
+    topk_mask,
+)
 from sparsetrain.masking import MaskSet
 from sparsetrain.schedules import SparsitySchedule, to_step
 from sparsetrain.targets import select_targets
@@ -304,11 +311,9 @@ class Pruner:
         params = {fqn: p.detach() * self.masks.masks[fqn] for fqn, p in self.masks.params.items()}
         group_scores = []
         for g in self.groups:
-            s = g.scores(params).float()
             alive = self._group_alive(g)
-            group_scores.append(
-                torch.where(alive, s / max(1, g.elements_per_channel(params)), torch.full_like(s, -1.0))
-            )
+            s = normalize_group_scores(g.scores(params).float(), alive)
+            group_scores.append(torch.where(alive, s, torch.full_like(s, -1.0)))
         if self.allocation == "global":
             flat = torch.cat(group_scores)
             keep_total = max(len(self.groups), round((1.0 - sparsity) * flat.numel()))

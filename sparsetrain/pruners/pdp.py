@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsetrain.allocation import erk_densities, global_keep_counts
-from sparsetrain.granularity import nm_group_view, nm_ungroup, topk_mask
+from sparsetrain.granularity import nm_group_view, nm_ungroup, normalize_group_scores, topk_mask
 from sparsetrain.pruners import pdp_channel
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
@@ -195,7 +195,9 @@ class PDP(Pruner):
     def _layer_budgets(self) -> dict[str, float]:
         """Per-layer target sparsities r_l, fixed at the end of warm-up."""
         if self.granularity == "channel":
-            scores = [pdp_channel.group_scores(self.model, g).detach().float() for g in self.groups]
+            scores = [
+                normalize_group_scores(pdp_channel.group_scores(self.model, g).detach().float()) for g in self.groups
+            ]
             if self.allocation == "uniform":
                 return {str(i): self.sparsity for i in range(len(self.groups))}
             flat = torch.cat(scores)
