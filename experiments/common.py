@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -9,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def parse_cli(doc: str | None) -> argparse.Namespace:
+    """`--help` for scripts without options: print what the script does instead of running it."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 
 def machine() -> dict[str, Any]:

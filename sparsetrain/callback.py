@@ -84,7 +84,13 @@ class SparsityCallback(pl.Callback):
         if len(trainer.optimizers) > 1:
             raise ValueError("SparsityCallback supports a single optimizer")
         _, self.network = find_network(pl_module)
-        total = int(trainer.estimated_stepping_batches)  # also loads the train dataloader
+        total = trainer.estimated_stepping_batches  # also loads the train dataloader
+        if total == float("inf"):
+            raise ValueError(
+                "SparsityCallback needs a finite training budget (schedules are fractions of all optimizer steps): "
+                "set max_epochs or max_steps on the Trainer"
+            )
+        total = int(total)
         self._example = example_input(trainer, pl_module)
         self.pruner.attach(self.network, total, self._example)
         if self.pruner.skipped:
@@ -116,7 +122,10 @@ class SparsityCallback(pl.Callback):
         if needed > budget:
             trainer.fit_loop.epoch_loop.max_steps = needed
             trainer.fit_loop.max_epochs = -1
-            rank_zero_info(f"sparsetrain: {self.pruner.key} runs {needed} optimizer steps in all ({budget} per round)")
+            rank_zero_info(
+                f"sparsetrain: {self.pruner.key} runs {needed} optimizer steps in all (the first round {budget}, "
+                "later rounds from their rewind step)"
+            )
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

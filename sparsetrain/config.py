@@ -22,7 +22,7 @@ def default_sparsity(granularity: str, n: Any, m: Any, default: float) -> float:
     """The YAML default of `pruner.sparsity`: implied by N:M (1 − n/m) with `granularity=nm`, else `default`.
 
     So `+pruner=gmp pruner.granularity=nm` needs no `pruner.sparsity`, while an explicit value that
-    contradicts n:m still fails in the pruner (CONVENTIONS: keys).
+    contradicts n:m still fails in the pruner.
     """
     if granularity == "nm" and isinstance(n, int) and isinstance(m, int) and 0 < n < m:
         return 1.0 - n / m

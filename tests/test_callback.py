@@ -55,6 +55,22 @@ def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
 
 
 @pytest.mark.slow
+def test_an_open_ended_budget_is_a_clear_error():
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))), batch_size=8)
+    trainer = pl.Trainer(
+        max_epochs=-1,
+        max_time={"minutes": 1},
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SparsityCallback(GMP(sparsity=0.5))],
+    )
+    with pytest.raises(ValueError, match="needs a finite training budget"):
+        trainer.fit(UserModule(), train_dataloaders=data)
+
+
 def test_multirun_sweep_with_the_joblib_launcher(tmp_path):
     proc = subprocess.run(
         [

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shared accuracy protocol (CONVENTIONS.md): ResNet-20, full Fashion-MNIST on the device, 3 epochs,
+# The shared accuracy protocol: ResNet-20, full Fashion-MNIST on the device, 3 epochs,
 # batch 128, SGD Nesterov lr 0.1, wd 5e-4, cosine LR, pruning from begin=0 to end=0.5, update_every=50.
 # Usage: experiments/accuracy/run.sh NAME [hydra overrides...]   (skips runs that already have results.json)
 # RUNS=<dir> puts the run elsewhere than experiments/accuracy/runs (e.g. a follow-up study).

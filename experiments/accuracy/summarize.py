@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from experiments.common import markdown_table, write_json
+from experiments.common import markdown_table, parse_cli, write_json
 
 HERE = Path(__file__).parent
 METHODS = ["dense", "gmp", "granet", "pdp", "rigl", "set"]
@@ -43,6 +43,7 @@ def load_runs() -> list[dict]:
 
 
 def main() -> None:
+    parse_cli(__doc__)
     runs = load_runs()
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in runs:

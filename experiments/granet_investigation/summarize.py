@@ -5,7 +5,9 @@
 
 from pathlib import Path
 
+from experiments.common import parse_cli
 from experiments.pdp_investigation.summarize import summarize
 
 if __name__ == "__main__":
+    parse_cli(__doc__)
     summarize(Path(__file__).parent, ("gmp", "granet"))

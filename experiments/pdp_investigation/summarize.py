@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.common import markdown_table, write_json
+from experiments.common import markdown_table, parse_cli, write_json
 
 HERE = Path(__file__).parent
 ACCURACY_RUNS = HERE.parent / "accuracy" / "runs"
@@ -49,4 +49,5 @@ def summarize(here: Path, methods: tuple[str, ...]) -> None:
 
 
 if __name__ == "__main__":
+    parse_cli(__doc__)
     summarize(HERE, ("gmp", "pdp"))

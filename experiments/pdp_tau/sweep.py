@@ -1,7 +1,7 @@
 """PDP: temperature τ and threshold refresh period, on a short budget (quality and cost).
 
 ResNet-20 on Fashion-MNIST, 90 % sparsity, half an epoch of training batches (210 steps) so that a
-variant costs about a minute here; each variant is one `train.py` run. Accuracy on such a short budget is
+variant costs a few minutes here; each variant is one `train.py` run. Accuracy on such a short budget is
 only a ranking signal, and the timings share the machine with whatever else runs, so compare them within
 this table only.
 
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.common import markdown_table, write_json
+from experiments.common import markdown_table, parse_cli, write_json
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -41,6 +41,7 @@ VARIANTS = {
 
 
 def main() -> None:
+    parse_cli(__doc__)
     rows, out = [], {}
     for name, overrides in VARIANTS.items():
         run_dir = HERE / "runs" / re.sub(r"[^\w.-]+", "_", name.replace("=", "")).strip("_")

@@ -63,6 +63,10 @@ class FashionMNISTDataModule(TensorDataModule):
         for candidate in (self.root, self.root / "FashionMNIST" / "raw", SYSTEM_DIR):
             if _has_files(candidate):
                 self._dir = candidate
+                if candidate == SYSTEM_DIR:
+                    log.info(
+                        "Fashion-MNIST: not in data.root=%s, reading the Debian package's %s", self.root, candidate
+                    )
                 return candidate
         if self._download():
             self._dir = self.root / "FashionMNIST" / "raw"

@@ -258,7 +258,7 @@ class SET(RigL):
     """SET (Mocanu et al. 2018, Nature Communications): like RigL but regrowth at random positions, with a
     constant ζ = 0.3 once per epoch-sized period. Follows the RigL codebase's SET (regrown weights start at 0,
     ERK allocation) rather than the paper's small random values and ER allocation, so it shares RigL's
-    machinery; documented in CONVENTIONS.
+    machinery.
     """
 
     def __init__(self, *, sparsity: float | None = None, **kw: Any) -> None:
