@@ -71,17 +71,26 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def dense_reference(model: str, data: str, trainer_cfg: DictConfig) -> float | None:
-    """Dense test accuracy of the same budget from the committed reference (mean over seeds), if any.
+def reference_key(model: str, data: str, epochs: Any, batch_size: Any, optim: str, lr: float) -> str:
+    """Key of a dense reference result: the budget and the recipe it was trained with."""
+    return f"{model}/{data}/{epochs}ep/b{batch_size}/{optim}-lr{lr:g}"
 
-    The reference is for whole epochs; a run cut short (`max_steps`, `limit_train_batches`) has none.
+
+def dense_reference(cfg: DictConfig, data: str, pruner_key: str | None) -> float | None:
+    """Dense test accuracy of the same budget and recipe from the committed reference (mean over seeds), if any.
+
+    The reference is for whole epochs of one recipe (batch size, optimizer, LR); a run cut short
+    (`max_steps`, `limit_train_batches`), trained differently, or training several rounds (IMP) has none.
     """
-    if not DENSE_REFERENCE.exists() or trainer_cfg.get("max_steps", -1) not in (-1, None):
+    trainer_cfg = cfg.trainer
+    if not DENSE_REFERENCE.exists() or pruner_key == "imp":
         return None
-    if trainer_cfg.get("limit_train_batches") not in (None, 1.0):
+    if trainer_cfg.get("max_steps", -1) not in (-1, None) or trainer_cfg.get("limit_train_batches") not in (None, 1.0):
         return None
-    table = json.loads(DENSE_REFERENCE.read_text())
-    return table.get(f"{model}/{data}/{trainer_cfg.get('max_epochs')}ep")
+    key = reference_key(
+        cfg.model.name, data, trainer_cfg.get("max_epochs"), cfg.data.get("batch_size"), cfg.optim.name, cfg.optim.lr
+    )
+    return json.loads(DENSE_REFERENCE.read_text()).get(key)
 
 
 def check_resume(ckpt_path: str, pruner_key: str | None) -> None:
@@ -183,7 +192,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         "seed": cfg.seed,
         "test_acc": test_acc,
         "val_acc": float(val_acc) if val_acc is not None else None,
-        "dense_test_acc": dense_reference(cfg.model.name, dm.name, cfg.trainer),
+        "dense_test_acc": dense_reference(cfg, dm.name, pruner.key if pruner is not None else None),
         **{k: summary[k] for k in ("sparsity", "params_total", "params_nonzero", "flops_dense", "flops_sparse")},
         "train_time_s": round(train_time, 2),
         "steps": int(trainer.global_step),
@@ -220,4 +229,4 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     return float(val_acc) if val_acc is not None else float("nan")
 
 
-__all__ = ["check_resume", "output_dir", "prepare", "run"]
+__all__ = ["check_resume", "dense_reference", "output_dir", "prepare", "reference_key", "run"]

@@ -256,3 +256,19 @@ def test_a_layer_pruned_to_density_zero_is_warned_about(compose):
     cfg = compose("+pruner=gmp", "pruner.sparsity=0.999", "pruner.update_every=2", "trainer.max_epochs=1")
     with pytest.warns(UserWarning, match=r"layers pruned to density 0 \(the network is cut there\): \['conv2'"):
         run(cfg)
+
+
+def test_dense_reference_only_for_the_same_budget_and_recipe(compose):
+    from sparsetrain.app import DENSE_REFERENCE, dense_reference
+
+    expected = json.loads(DENSE_REFERENCE.read_text())["resnet20/fashion_mnist/3ep/b128/sgd-lr0.1"]
+    assert dense_reference(compose(fast=False), "fashion_mnist", "granet") == expected  # make train's recipe
+    for overrides, pruner in [
+        (["data.batch_size=64"], "granet"),
+        (["optim.lr=0.05"], "gmp"),
+        (["optim=adamw"], "gmp"),
+        (["trainer.max_epochs=5"], None),
+        (["trainer.max_steps=100"], None),
+        ([], "imp"),  # all rounds: several times the budget
+    ]:
+        assert dense_reference(compose(*overrides, fast=False), "fashion_mnist", pruner) is None, overrides
