@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from pytorch_lightning.loggers import CSVLogger
 
 from sparsetrain.accounting import account, module_flops
-from sparsetrain.callback import SparsityCallback
+from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
 from sparsetrain.config import validate
 from sparsetrain.export import save_network
 from sparsetrain.models import build_model
@@ -102,11 +102,7 @@ def check_resume(ckpt_path: str, pruner_key: str | None) -> None:
     """
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    written = [
-        k[len("SparsityCallback[") : -1] for k in checkpoint.get("callbacks", {}) if k.startswith("SparsityCallback[")
-    ]
-    wrote = written[0] if written else None
+    wrote = pruner_in_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True))
     if wrote != pruner_key:
         raise ValueError(
             f"ckpt_path was written by a run with {f'+pruner={wrote}' if wrote else 'no pruner'}, but this run has "

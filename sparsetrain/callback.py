@@ -46,6 +46,17 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.T
     return None
 
 
+STATE_PREFIX = "SparsityCallback["
+
+
+def pruner_in_checkpoint(checkpoint: dict[str, Any]) -> str | None:
+    """Key of the pruner whose callback state a Lightning checkpoint holds (None: written without one)."""
+    for key in checkpoint.get("callbacks", {}):
+        if key.startswith(STATE_PREFIX):
+            return key[len(STATE_PREFIX) : -1]
+    return None
+
+
 class SparsityCallback(pl.Callback):
     """Hosts a pruner: attaches masks before the optimizer is built, updates them around optimizer steps,
     logs sparsity and FLOPs, saves the pruner's state in checkpoints and finalizes at the end of fit.
@@ -75,7 +86,7 @@ class SparsityCallback(pl.Callback):
     @property
     @override
     def state_key(self) -> str:
-        return f"SparsityCallback[{self.pruner.key}]"
+        return f"{STATE_PREFIX}{self.pruner.key}]"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -107,6 +118,8 @@ class SparsityCallback(pl.Callback):
         device = next(self.network.parameters()).device
         if self._example is not None:
             self.flops = module_flops(self.network, self._example.to(device))
+        if trainer.num_training_batches not in (0, float("inf")):  # per-epoch schedules (PDP's ε ramp)
+            self.pruner.steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         self._extend_fit(trainer)
         optimizer = trainer.optimizers[0]
         self._hook = optimizer.register_step_post_hook(
@@ -116,8 +129,6 @@ class SparsityCallback(pl.Callback):
     def _extend_fit(self, trainer: pl.Trainer) -> None:
         """Give pruners that train several rounds (IMP) the optimizer steps they need."""
         budget = int(trainer.estimated_stepping_batches)
-        if trainer.num_training_batches not in (0, float("inf")):  # per-epoch schedules (PDP's ε ramp)
-            self.pruner.steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         needed = self.pruner.total_fit_steps(self.pruner.total_steps)
         if needed > budget:
             trainer.fit_loop.epoch_loop.max_steps = needed
@@ -180,10 +191,11 @@ class SparsityCallback(pl.Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        written = [k for k in checkpoint.get("callbacks", {}) if k.startswith("SparsityCallback[")]
-        if written and self.state_key not in written:
+        written = pruner_in_checkpoint(checkpoint)
+        if written is not None and written != self.pruner.key:
             raise ValueError(
-                f"the checkpoint was written by {written[0]}, not {self.state_key}: resume with the same pruner"
+                f"the checkpoint was written by SparsityCallback[{written}], not {self.state_key}: "
+                "resume with the same pruner"
             )
 
     def _sync_masks(self) -> None:

@@ -154,6 +154,7 @@ class Pruner:
         self.last_val_acc: float | None = None
         self.steps_per_epoch: int | None = None  # optimizer steps per epoch, set by the callback at fit start
         self._deferred_step: int | None = None  # an update event the AMP scaler skipped: done at the next step
+        self._seen_step = -1  # last step `first_forward_of_step` saw (gradient accumulation)
         self._pending_state: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -210,6 +211,13 @@ class Pruner:
 
     def before_forward(self, step: int) -> None:
         """Called before each training batch's forward (IMP rewinds here; soft masks refresh thresholds)."""
+
+    def first_forward_of_step(self, step: int) -> bool:
+        """True once per optimizer step: with gradient accumulation several forwards share one step."""
+        if step == self._seen_step:
+            return False
+        self._seen_step = step
+        return True
 
     def on_fit_end(self) -> None:
         """Training finished (before `finalize`)."""

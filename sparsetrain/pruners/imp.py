@@ -70,7 +70,6 @@ class IMP(Pruner):
         self.round = 0
         self.history: list[dict[str, Any]] = []
         self._snapshot: dict[str, Any] | None = None
-        self._seen_step = -1
         self.last_val_acc: float | None = None
 
     def round_sparsity(self, r: int) -> float:
@@ -99,9 +98,8 @@ class IMP(Pruner):
         return False  # masks change only at round transitions, in before_forward
 
     def before_forward(self, step: int) -> None:
-        if step == self._seen_step:  # gradient accumulation: act once per optimizer step
+        if not self.first_forward_of_step(step):
             return
-        self._seen_step = step
         if step == self.rewind_step and self.round == 0 and self._snapshot is None:
             self._snapshot = self._take_snapshot()
         if self.round < self.rounds and step == self.round_end(self.round):

@@ -117,7 +117,6 @@ class PDP(Pruner):
         self.hardened = False
         self._soft: dict[str, SoftMask] = {}
         self._report: dict[str, float] = {}  # metrics of this step's threshold refresh, logged by the callback
-        self._seen_step = -1  # gradient accumulation: several forwards share one optimizer step
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
@@ -160,9 +159,8 @@ class PDP(Pruner):
         return self.hardened
 
     def before_forward(self, step: int) -> None:
-        if self.hardened or step < self.warmup_step or step == self._seen_step:
+        if self.hardened or step < self.warmup_step or not self.first_forward_of_step(step):
             return
-        self._seen_step = step
         if self.budgets is None:
             self.budgets = self._layer_budgets()
             self._set_soft(True)
