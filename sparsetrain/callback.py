@@ -113,7 +113,6 @@ class SparsityCallback(pl.Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.pruner.masks.refresh()  # buffers were replaced when the model moved to its device
         self.pruner.on_fit_start(trainer.optimizers[0], [c.scheduler for c in trainer.lr_scheduler_configs])
         device = next(self.network.parameters()).device
         if self._example is not None:

@@ -41,6 +41,12 @@ def resolve(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
 class MaskSet:
     """The hard masks of one model, keyed by parameter FQN (`"layer1.0.conv1.weight"`).
 
+    No tensor is cached: moving the model (`.to(device)`, `.cpu()`, a dtype change, or Lightning's teardown,
+    which moves the module back to the CPU before `on_fit_end`) replaces every buffer object, so a cached mask
+    would be a stale copy on the old device. The set holds only *where* each tensor lives (its owning module
+    and attribute names) and reads the live tensors at every call. Reading a few dozen dict entries costs
+    microseconds, well below one kernel launch, so the per-step path stays one fused `_foreach_mul_`.
+
     Args:
         model: The network to mask.
         params: FQNs of the parameters that get a mask (targeted weights, plus coupled parameters for
@@ -50,44 +56,76 @@ class MaskSet:
 
     def __init__(self, model: nn.Module, params: Iterable[str]) -> None:
         self.model = model
-        self.params: dict[str, nn.Parameter] = {}
-        self.masks: dict[str, torch.Tensor] = {}
+        self.fqns: list[str] = []
         for fqn in params:
             owner, pname = resolve(model, fqn)
-            param = getattr(owner, pname)
-            buffer_name = pname + MASK_SUFFIX
-            if buffer_name not in owner._buffers:
-                owner.register_buffer(buffer_name, torch.ones_like(param, memory_format=torch.preserve_format).detach())
-            self.params[fqn] = param
+            if pname + MASK_SUFFIX not in owner._buffers:
+                param = getattr(owner, pname)
+                mask = torch.ones_like(param, memory_format=torch.preserve_format).detach()
+                owner.register_buffer(pname + MASK_SUFFIX, mask)
+            self.fqns.append(fqn)
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read buffer objects (after `load_state_dict` or `.to()` replaced them)."""
-        self.masks = {}
-        for fqn in self.params:
+        """Re-resolve where each parameter lives (after a parametrization was added or removed).
+
+        A device or dtype move needs no refresh: tensors are read from their owners at every call.
+        """
+        self._slots: list[tuple[nn.Module, str, str]] = []
+        for fqn in self.fqns:
             owner, pname = resolve(self.model, fqn)
-            self.params[fqn] = getattr(owner, pname)
-            self.masks[fqn] = getattr(owner, pname + MASK_SUFFIX)
-        self._param_list = list(self.params.values())
-        self._mask_list = [self.masks[k] for k in self.params]
+            self._slots.append((owner, pname, pname + MASK_SUFFIX))
+        self._index = {fqn: i for i, fqn in enumerate(self.fqns)}
+
+    def param_list(self) -> list[nn.Parameter]:
+        """The masked parameters in `fqns` order, as the model holds them now."""
+        return [owner._parameters[p] for owner, p, _ in self._slots]
+
+    def mask_list(self) -> list[torch.Tensor]:
+        """The mask buffers in `fqns` order, as the model holds them now."""
+        return [owner._buffers[b] for owner, _, b in self._slots]
+
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """Masked parameters by FQN (read live from the model)."""
+        return dict(zip(self.fqns, self.param_list(), strict=True))
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Mask buffers by FQN (read live from the model)."""
+        return dict(zip(self.fqns, self.mask_list(), strict=True))
+
+    def param(self, fqn: str) -> nn.Parameter:
+        """One masked parameter (live)."""
+        owner, pname, _ = self._slots[self._index[fqn]]
+        return owner._parameters[pname]
+
+    def mask(self, fqn: str) -> torch.Tensor:
+        """One mask buffer (live)."""
+        owner, _, bname = self._slots[self._index[fqn]]
+        return owner._buffers[bname]
 
     @torch.no_grad()
     def set(self, fqn: str, mask: torch.Tensor) -> None:
         """Overwrite one mask in place (keeps the buffer object, its dtype and device)."""
-        self.masks[fqn].copy_(mask)
+        self.mask(fqn).copy_(mask)
 
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         """Zero every inactive weight."""
-        torch._foreach_mul_(self._param_list, self._mask_list)
+        torch._foreach_mul_(self.param_list(), self.mask_list())
 
     @torch.no_grad()
     def apply_to_grads(self) -> None:
         """Zero the gradients of inactive weights (call before the optimizer step)."""
-        pairs = [(p.grad, m) for p, m in zip(self._param_list, self._mask_list, strict=True) if p.grad is not None]
-        if pairs:
-            grads, masks = zip(*pairs, strict=True)
-            torch._foreach_mul_(list(grads), list(masks))
+        grads, masks = [], []
+        for owner, pname, bname in self._slots:
+            grad = owner._parameters[pname].grad
+            if grad is not None:
+                grads.append(grad)
+                masks.append(owner._buffers[bname])
+        if grads:
+            torch._foreach_mul_(grads, masks)
 
     @torch.no_grad()
     def zero_optimizer_state(self, optimizer: torch.optim.Optimizer, positions: dict[str, torch.Tensor]) -> None:
@@ -99,7 +137,7 @@ class MaskSet:
                 weights just pruned or just regrown).
         """
         for fqn, where in positions.items():
-            state = optimizer.state.get(self.params[fqn])
+            state = optimizer.state.get(self.param(fqn))
             if not state:
                 continue
             keep = where == 0
@@ -109,17 +147,16 @@ class MaskSet:
 
     def density(self, fqn: str) -> float:
         """Fraction of active entries of one mask."""
-        m = self.masks[fqn]
+        m = self.mask(fqn)
         return float(m.count_nonzero()) / m.numel()
 
     @torch.no_grad()
     def remove(self) -> None:
         """Fold masks into the weights and delete the buffers, so the model loads into the plain architecture."""
         self.apply_to_weights()
-        for fqn in self.params:
-            owner, pname = resolve(self.model, fqn)
-            del owner._buffers[pname + MASK_SUFFIX]
-        self.masks, self._mask_list = {}, []
+        for owner, _, bname in self._slots:
+            del owner._buffers[bname]
+        self.fqns, self._slots, self._index = [], [], {}
 
 
 def find_mask_buffers(model: nn.Module) -> list[str]:

@@ -270,7 +270,7 @@ class Pruner:
 
     def grads_finite(self) -> bool:
         """False when a gradient holds inf/NaN (the AMP scaler will skip this step: masks must not move)."""
-        grads = [p.grad for p in self.masks.params.values() if p.grad is not None]
+        grads = [p.grad for p in self.masks.param_list() if p.grad is not None]
         if not grads:
             return True
         return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
@@ -283,8 +283,8 @@ class Pruner:
         """
         out = {}
         for fqn in self.weights:
-            w = self.masks.params[fqn].detach()
-            out[fqn] = torch.where(self.masks.masks[fqn] != 0, w.abs(), torch.full_like(w, -1.0))
+            w = self.masks.param(fqn).detach()
+            out[fqn] = torch.where(self.masks.mask(fqn) != 0, w.abs(), torch.full_like(w, -1.0))
         return out
 
     def update(self, step: int) -> None:
@@ -316,7 +316,8 @@ class Pruner:
         return keep_counts(densities, numels)
 
     def _prune_channels(self, sparsity: float) -> None:
-        params = {fqn: p.detach() * self.masks.masks[fqn] for fqn, p in self.masks.params.items()}
+        masks = self.masks.masks
+        params = {fqn: p.detach() * masks[fqn] for fqn, p in self.masks.params.items()}
         group_scores = []
         for g in self.groups:
             alive = self._group_alive(g)
@@ -343,7 +344,7 @@ class Pruner:
     def _group_alive(self, group: ChannelGroup) -> torch.Tensor:
         """Channels of a group still active (its first producer's rows not all zero)."""
         first = group.slices[0]
-        mask = self.masks.masks[first.param]
+        mask = self.masks.mask(first.param)
         rows = mask.movedim(first.dim, 0)
         index = first.index if first.index.ndim == 1 else first.index[:, 0]
         return rows.reshape(rows.shape[0], -1)[index.to(rows.device)].any(dim=1)
@@ -352,18 +353,19 @@ class Pruner:
         """Fraction of the targeted weights active now that were inactive in `before` (newly grown)."""
         grown = active = 0
         for fqn in self.weights:
-            new, old = self.masks.masks[fqn], before[fqn]
+            new, old = self.masks.mask(fqn), before[fqn]
             grown += int(((new != 0) & (old == 0)).sum())
             active += int(new.count_nonzero())
         return grown / active if active else 0.0
 
     def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Clear optimizer state where masks changed; report churn and apply the masks to the weights."""
-        changed = {fqn: old != self.masks.masks[fqn] for fqn, old in before.items()}
+        masks = self.masks.masks
+        changed = {fqn: old != masks[fqn] for fqn, old in before.items()}
         self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
         with torch.no_grad():  # regrown weights start at 0 (inactive weights already are; this makes it a guarantee)
             for fqn, old in before.items():
-                self.masks.params[fqn].masked_fill_((old == 0) & (self.masks.masks[fqn] != 0), 0.0)
+                self.masks.param(fqn).masked_fill_((old == 0) & (masks[fqn] != 0), 0.0)
         self.masks.apply_to_weights()
         self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn}
@@ -391,7 +393,6 @@ class Pruner:
             self._restore(state)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.masks.refresh()
         self.events = state.get("events", 0)
         self.last_churn = state.get("last_churn", 0.0)
         self._deferred_step = state.get("deferred_step")
@@ -417,8 +418,9 @@ class Pruner:
 
     def global_sparsity(self) -> float:
         """Fraction of inactive targeted weights, from the masks."""
-        total = sum(self.masks.masks[f].numel() for f in self.weights)
-        active = sum(int(self.masks.masks[f].count_nonzero()) for f in self.weights)
+        masks = [self.masks.mask(f) for f in self.weights]
+        total = sum(m.numel() for m in masks)
+        active = int(sum(m.count_nonzero() for m in masks)) if masks else 0
         return 1.0 - active / total
 
     def describe(self) -> dict[str, Any]:

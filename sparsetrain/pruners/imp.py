@@ -126,7 +126,6 @@ class IMP(Pruner):
             sched.load_state_dict(state)
             for group, lr in zip(self.optimizer.param_groups, sched.get_last_lr(), strict=False):
                 group["lr"] = lr
-        self.masks.refresh()
         self._after_update(before, self.optimizer)
         self.masks.zero_optimizer_state(self.optimizer, {k: (m == 0) for k, m in self.masks.masks.items()})
         self.events += 1
