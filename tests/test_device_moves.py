@@ -127,7 +127,7 @@ def fit(cb: SparsityCallback, *callbacks: pl.Callback, module: Net | None = None
     module = module or Net()
     trainer = pl.Trainer(
         max_epochs=trainer_kw.pop("max_epochs", 3),
-        accelerator="cpu",
+        accelerator=trainer_kw.pop("accelerator", "cpu"),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -278,12 +278,13 @@ class StopAfterFirstEpoch(pl.Callback):
         trainer.should_stop = True
 
 
-def fit_with_checkpoints(pruner, ckpt_dir, *callbacks: pl.Callback, ckpt_path=None) -> Net:
+def fit_with_checkpoints(pruner, ckpt_dir, *callbacks: pl.Callback, ckpt_path=None, accelerator="cpu") -> Net:
+    """Fit a freshly seeded module for 3 epochs, writing `last.ckpt` into `ckpt_dir` after every epoch."""
     torch.manual_seed(0)
     module = Net()
     trainer = pl.Trainer(
         max_epochs=3,
-        accelerator="cpu",
+        accelerator=accelerator,
         logger=False,
         deterministic=True,
         enable_progress_bar=False,
