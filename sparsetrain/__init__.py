@@ -10,6 +10,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+import sparsetrain.pruner_keys  # noqa: E402,F401  (registers the YAML resolver `sparsity_default`: configs compose anywhere)
+
 _EXPORTS = {
     "SparsityCallback": "sparsetrain.callback",
     "ClassificationModule": "sparsetrain.module",

@@ -76,14 +76,15 @@ def reference_key(model: str, data: str, epochs: Any, batch_size: Any, optim: st
     return f"{model}/{data}/{epochs}ep/b{batch_size}/{optim}-lr{lr:g}"
 
 
-def dense_reference(cfg: DictConfig, data: str, pruner_key: str | None) -> float | None:
+def dense_reference(cfg: DictConfig, data: str, extended: bool = False) -> float | None:
     """Dense test accuracy of the same budget and recipe from the committed reference (mean over seeds), if any.
 
     The reference is for whole epochs of one recipe (batch size, optimizer, LR); a run cut short
-    (`max_steps`, `limit_train_batches`), trained differently, or training several rounds (IMP) has none.
+    (`max_steps`, `limit_train_batches`), trained differently, or `extended` beyond its budget by the pruner
+    (several rounds) has none.
     """
     trainer_cfg = cfg.trainer
-    if not DENSE_REFERENCE.exists() or pruner_key == "imp":
+    if not DENSE_REFERENCE.exists() or extended:
         return None
     if trainer_cfg.get("max_steps", -1) not in (-1, None) or trainer_cfg.get("limit_train_batches") not in (None, 1.0):
         return None
@@ -114,6 +115,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate everything a run needs, validating before any training starts."""
     cfg = validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    pruner = instantiate(cfg.pruner) if cfg.get("pruner") else None  # bad pruner keys fail before any data loads
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.prepare_data()
     network = build_model(
@@ -124,7 +126,6 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         image_size=datamodule.image_size,
         **cfg.model.kwargs,
     )
-    pruner = instantiate(cfg.pruner) if cfg.get("pruner") else None
     module = ClassificationModule(
         network,
         datamodule.num_classes,
@@ -171,6 +172,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     train_time = time.perf_counter() - start
     val_acc = trainer.callback_metrics.get("val/acc")
+    extended = pruner is not None and pruner.fit_steps(pruner.total_steps) != pruner.total_steps
     test_acc = None
     if cfg.get("test", True):
         test_acc = float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
@@ -188,7 +190,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         "seed": cfg.seed,
         "test_acc": test_acc,
         "val_acc": float(val_acc) if val_acc is not None else None,
-        "dense_test_acc": dense_reference(cfg, dm.name, pruner.key if pruner is not None else None),
+        "dense_test_acc": dense_reference(cfg, dm.name, extended),
         **{k: summary[k] for k in ("sparsity", "params_total", "params_nonzero", "flops_dense", "flops_sparse")},
         "train_time_s": round(train_time, 2),
         "steps": int(trainer.global_step),

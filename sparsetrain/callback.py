@@ -7,7 +7,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
@@ -92,8 +91,6 @@ class SparsityCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner.masks is not None:
             return
-        if len(trainer.optimizers) > 1:
-            raise ValueError("SparsityCallback supports a single optimizer")
         _, self.network = find_network(pl_module)
         total = trainer.estimated_stepping_batches  # also loads the train dataloader
         if total == float("inf"):
@@ -104,6 +101,7 @@ class SparsityCallback(pl.Callback):
         total = int(total)
         self._example = example_input(trainer, pl_module)
         self.pruner.attach(self.network, total, self._example)
+        self._add_penalty(pl_module)
         if self.pruner.skipped:
             rank_zero_warn(f"sparsetrain: layers left dense ({self.pruner.granularity}): {self.pruner.skipped}")
         rank_zero_info(
@@ -111,16 +109,46 @@ class SparsityCallback(pl.Callback):
             f"target sparsity {self.pruner.sparsity:g}, {total} optimizer steps"
         )
 
+    def _add_penalty(self, pl_module: pl.LightningModule) -> None:
+        """Add the pruner's loss term to what `training_step` returns (so AMP scaling, accumulation and DDP see
+        one loss). Only for methods that define one: the others' steps are not wrapped."""
+        if type(self.pruner).penalty is Pruner.penalty or getattr(pl_module, "_sparsetrain_penalty", False):
+            return
+        step, pruner = pl_module.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            out = step(*args, **kwargs)
+            term = pruner.penalty()
+            if term is None or out is None:
+                return out
+            if isinstance(out, dict):
+                return {**out, "loss": out["loss"] + term}
+            return out + term
+
+        pl_module.training_step = training_step
+        pl_module._sparsetrain_penalty = True
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.pruner.on_fit_start(trainer.optimizers[0], [c.scheduler for c in trainer.lr_scheduler_configs])
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"SparsityCallback drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
+            )
+        optimizer = trainer.optimizers[0]
+        owned = {id(p) for p in self.pruner.extra_parameters()}
+        if any(id(p) in owned for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError(
+                f"{type(self.pruner).__name__}'s own parameters are in the training optimizer: the pruner steps "
+                "them itself (build the optimizer from the network's parameters only)"
+            )
+        steps_per_epoch = None
+        if trainer.num_training_batches not in (0, float("inf")):
+            steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        self.pruner.on_fit_start(optimizer, [c.scheduler for c in trainer.lr_scheduler_configs], steps_per_epoch)
         device = next(self.network.parameters()).device
         if self._example is not None:
             self.flops = module_flops(self.network, self._example.to(device))
-        if trainer.num_training_batches not in (0, float("inf")):  # per-epoch schedules (PDP's ε ramp)
-            self.pruner.steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         self._extend_fit(trainer)
-        optimizer = trainer.optimizers[0]
         self._hook = optimizer.register_step_post_hook(
             lambda opt, args, kwargs: self.pruner.after_optimizer_step(trainer.global_step, opt)
         )
@@ -128,7 +156,7 @@ class SparsityCallback(pl.Callback):
     def _extend_fit(self, trainer: pl.Trainer) -> None:
         """Give pruners that train several rounds (IMP) the optimizer steps they need."""
         budget = int(trainer.estimated_stepping_batches)
-        needed = self.pruner.total_fit_steps(self.pruner.total_steps)
+        needed = self.pruner.fit_steps(self.pruner.total_steps)
         if needed > budget:
             trainer.fit_loop.epoch_loop.max_steps = needed
             trainer.fit_loop.max_epochs = -1
@@ -139,9 +167,10 @@ class SparsityCallback(pl.Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        acc = trainer.callback_metrics.get("val/acc")
-        if acc is not None and not trainer.sanity_checking:
-            self.pruner.last_val_acc = float(acc)
+        if not trainer.sanity_checking:
+            self.pruner.on_validation(
+                {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+            )
 
     @override
     def on_train_batch_start(
@@ -155,7 +184,7 @@ class SparsityCallback(pl.Callback):
     ) -> None:
         metrics = self.pruner.before_optimizer_step(trainer.global_step, optimizer)
         if metrics:
-            self._sync_masks()
+            self._sync_masks(trainer)
             metrics.update(self.metrics())
             self._warn_dead_layers()
             if trainer.is_global_zero:  # straight to the loggers: an event's values at its own step, never throttled
@@ -168,9 +197,7 @@ class SparsityCallback(pl.Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        self._remove_hook()
         self.pruner.on_fit_end()
         self.summary = self.report()
         if self.do_finalize:
@@ -197,13 +224,28 @@ class SparsityCallback(pl.Callback):
                 "resume with the same pruner"
             )
 
-    def _sync_masks(self) -> None:
-        """Broadcast rank 0's masks: decisions are made from identical data, this makes it a guarantee."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for mask in self.pruner.masks.masks.values():
-                dist.broadcast(mask, src=0)
-            if self.pruner.masks_weights:
-                self.pruner.masks.apply_to_weights()
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hook()  # also when fit ended with an exception
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _sync_masks(self, trainer: pl.Trainer) -> None:
+        """Rank 0's masks on every rank, through Lightning's strategy (events only, never per step).
+
+        Decisions are made from identical data on every rank; this makes it a guarantee.
+        """
+        if trainer.world_size <= 1:
+            return
+        masks = self.pruner.masks
+        decided = trainer.strategy.broadcast({k: (v != 0).cpu() for k, v in masks.masks.items()}, src=0)
+        for fqn, mask in decided.items():
+            masks.set(fqn, mask)
+        if self.pruner.masks_weights:
+            masks.apply_to_weights()
 
     def metrics(self) -> dict[str, float]:
         """`sparsity/global`, `flops/ratio` and (optionally) `sparsity/<layer>` from the current masks."""

@@ -13,23 +13,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sparsetrain.pruner_keys import default_sparsity  # noqa: F401  (registers the `sparsity_default` resolver)
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error (printed as one line by `train.py`)."""
-
-
-def default_sparsity(granularity: str, n: Any, m: Any, default: float) -> float:
-    """The YAML default of `pruner.sparsity`: implied by N:M (1 − n/m) with `granularity=nm`, else `default`.
-
-    So `+pruner=gmp pruner.granularity=nm` needs no `pruner.sparsity`, while an explicit value that
-    contradicts n:m still fails in the pruner.
-    """
-    if granularity == "nm" and isinstance(n, int) and isinstance(m, int) and 0 < n < m:
-        return 1.0 - n / m
-    return default
-
-
-OmegaConf.register_new_resolver("sparsity_default", default_sparsity, replace=True)
 
 
 @dataclass

@@ -262,13 +262,13 @@ def test_dense_reference_only_for_the_same_budget_and_recipe(compose):
     from sparsetrain.app import DENSE_REFERENCE, dense_reference
 
     expected = json.loads(DENSE_REFERENCE.read_text())["resnet20/fashion_mnist/3ep/b128/sgd-lr0.1"]
-    assert dense_reference(compose(fast=False), "fashion_mnist", "granet") == expected  # make train's recipe
-    for overrides, pruner in [
-        (["data.batch_size=64"], "granet"),
-        (["optim.lr=0.05"], "gmp"),
-        (["optim=adamw"], "gmp"),
-        (["trainer.max_epochs=5"], None),
-        (["trainer.max_steps=100"], None),
-        ([], "imp"),  # all rounds: several times the budget
+    assert dense_reference(compose(fast=False), "fashion_mnist") == expected  # make train's recipe
+    for overrides, extended in [
+        (["data.batch_size=64"], False),
+        (["optim.lr=0.05"], False),
+        (["optim=adamw"], False),
+        (["trainer.max_epochs=5"], False),
+        (["trainer.max_steps=100"], False),
+        ([], True),  # a pruner that trains several rounds (IMP): several times the budget
     ]:
-        assert dense_reference(compose(*overrides, fast=False), "fashion_mnist", pruner) is None, overrides
+        assert dense_reference(compose(*overrides, fast=False), "fashion_mnist", extended) is None, overrides

@@ -1,44 +1,41 @@
-"""The pruner protocol and the shared hard-mask machinery.
+"""The pruner protocol: what `SparsityCallback` (or any training loop) calls, the same for every method.
 
-A pruner decides masks; `SparsityCallback` maps Lightning's training events onto it. Pruners are plain
-torch (no Lightning import), so they can be driven from any training loop:
-
-    pruner.attach(model, total_steps, example_input)   # before the optimizer is built
-    for step in range(total_steps):
+    pruner.attach(model, total_steps, example_input)      # before the optimizer is built: masks, parametrizations
+    steps = pruner.fit_steps(total_steps)                 # optimizer steps the fit needs (IMP: every round)
+    pruner.on_fit_start(optimizer, schedulers, steps_per_epoch)
+    for step in range(steps):
+        pruner.before_forward(step)                       # soft masks refresh thresholds, IMP rewinds
+        loss = task_loss + (pruner.penalty() or 0)        # a method's loss term (learnable thresholds)
         loss.backward()
-        pruner.before_optimizer_step(step, optimizer)  # decide masks at update events, mask gradients
+        metrics = pruner.before_optimizer_step(step, optimizer)   # decide masks at events, mask gradients
         optimizer.step()
-        pruner.after_optimizer_step(step, optimizer)   # re-mask weights
-    pruner.finalize()                                  # fold masks into weights, remove buffers
+        pruner.after_optimizer_step(step, optimizer)      # re-mask weights; a method's own optimizer steps
+        pruner.on_validation({"val/acc": ...})            # whenever a validation ran
+    pruner.on_fit_end(); pruner.finalize()                # hard masks folded in, plain architecture
+
+A method subclasses `Pruner`, registers itself with `@register_pruner("key")` and overrides what it needs;
+a method with trainable parameters of its own returns them from `extra_parameters()` and steps its own
+optimizer in `after_optimizer_step`. Granularity (unstructured, N:M, channel) is a strategy
+(`sparsetrain.strategies`) every method calls through `prune_to`.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from sparsetrain.allocation import erk_densities, global_keep_counts, keep_counts
-from sparsetrain.granularity import (
-    ChannelGroup,
-    build_channel_groups,
-    nm_compatible,
-    nm_mask,
-    normalize_group_scores,
-    topk_mask,
-)
 from sparsetrain.masking import MaskSet
+from sparsetrain.pruner_keys import SharedKeys, check_fraction, registry, shared_key_doc
 from sparsetrain.schedules import SparsitySchedule, to_step
+from sparsetrain.strategies import make_granularity
 from sparsetrain.targets import select_targets
 
-GRANULARITIES = ("unstructured", "channel", "nm")
-ALLOCATIONS = ("uniform", "global", "erk")
 STATE_VERSION = 1
-
-_REGISTRY: dict[str, type[Pruner]] = {}
 
 
 def register_pruner(key: str):
@@ -46,113 +43,57 @@ def register_pruner(key: str):
 
     def wrap(cls: type[Pruner]) -> type[Pruner]:
         cls.key = key
-        _REGISTRY[key] = cls
+        registry[key] = cls
         return cls
 
     return wrap
 
 
 def list_pruners() -> dict[str, type[Pruner]]:
-    """Registered pruners by key."""
-    return dict(_REGISTRY)
+    """Registered pruners by key (every module in `sparsetrain/pruners/` is imported, so a new file is found)."""
+    from sparsetrain import pruners
+
+    pruners.discover()
+    return dict(registry)
 
 
-def _check_fraction(value: float, key: str, upper_open: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"pruner.{key} must be a number, got {value!r}")
-    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
-        raise ValueError(f"pruner.{key} must be in [0, {'1)' if upper_open else '1]'}, got {value}")
-    return float(value)
-
-
-class Pruner:
-    """Base class: target selection, granularity, allocation, schedule and hard-mask enforcement.
-
-    Subclasses override `scores` (what "important" means), `update` (what happens at an update event),
-    and optionally the soft-mask hooks.
-
-    Args:
-        sparsity: Final fraction of zeros over the targeted weights, in [0, 1). With `granularity="nm"` it is
-            implied (1 − n/m) and may be omitted. With `granularity="channel"` it is the fraction of
-            output channels removed over the prunable channel groups (one ranking across groups with
-            `allocation="global"`, every group keeping at least one channel; per group with `uniform`).
-        granularity: `unstructured`, `channel` (output channels in coupled groups from Torch-Pruning's
-            dependency graph) or `nm` (exactly `n` kept in every `m` consecutive weights along the input dim).
-        n: N of N:M.
-        m: M of N:M.
-        allocation: `uniform`, `global` (one magnitude ranking across layers at every event) or `erk`.
-        schedule: `oneshot`, `linear` or `cubic`.
-        begin: Start of pruning, as a fraction of all optimizer steps.
-        end: Step at which the target is reached, as a fraction of all optimizer steps.
-        update_every: Optimizer steps between update events.
-        include: Regexes on module names to target (default: every Conv/Linear).
-        exclude: Regexes on module names never to target.
-        keep_first_last: Keep the first conv and the classifier dense.
-        seed: Seed of the pruner's own random generator (identical on every DDP rank).
-    """
+class Pruner(SharedKeys):
+    __doc__ = (
+        "Base class of every method: the shared keys, the lifecycle and hard-mask enforcement.\n\n" + shared_key_doc
+    )
 
     key: ClassVar[str] = "base"
-    regrows: ClassVar[bool] = False
 
-    @property
-    def masks_weights(self) -> bool:
-        """Whether the masks are enforced on the weights now (False while a soft mask only reports them)."""
-        return True
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Record every constructor's arguments (defaults filled in), so `describe()` cannot drift from them."""
+        super().__init_subclass__(**kw)
+        if "__init__" not in cls.__dict__:
+            return
+        init, signature = cls.__init__, inspect.signature(cls.__init__)
 
-    def __init__(
-        self,
-        *,
-        sparsity: float | None = None,
-        granularity: str = "unstructured",
-        n: int = 2,
-        m: int = 4,
-        allocation: str = "global",
-        schedule: str = "cubic",
-        begin: float = 0.0,
-        end: float = 0.5,
-        update_every: int = 100,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
-        keep_first_last: bool = True,
-        seed: int = 0,
-    ) -> None:
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
-        if allocation not in ALLOCATIONS:
-            raise ValueError(f"pruner.allocation must be one of {', '.join(ALLOCATIONS)}; got {allocation!r}")
-        if granularity == "nm":
-            if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-                raise ValueError(f"N:M needs integers 0 < n < m, got n={n}, m={m}")
-            implied = 1.0 - n / m
-            if sparsity is not None and not math.isclose(sparsity, implied, abs_tol=1e-9):
-                raise ValueError(
-                    f"pruner.sparsity={sparsity} contradicts granularity=nm with {n}:{m} (implied {implied:g}); "
-                    "omit pruner.sparsity or set it to the implied value"
-                )
-            sparsity = implied
-        if sparsity is None:
-            raise ValueError("pruner.sparsity is required (final fraction of zero weights, in [0, 1))")
-        if granularity == "channel" and allocation == "erk":
-            raise ValueError("allocation=erk is defined for weights, not channels; use uniform or global")
-        self.sparsity = _check_fraction(sparsity, "sparsity", upper_open=True)
-        self.granularity, self.n, self.m, self.allocation = granularity, n, m, allocation
-        self.schedule_kind = schedule
-        self.begin, self.end = _check_fraction(begin, "begin"), _check_fraction(end, "end")
-        if self.end < self.begin:
-            raise ValueError(f"pruner.end ({end}) must not be before pruner.begin ({begin})")
-        if not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"pruner.update_every must be an integer >= 1 optimizer step, got {update_every!r}")
-        SparsitySchedule(schedule, self.sparsity, 0, 1, update_every)  # validates the schedule name early
-        self.update_every = update_every
-        self.include, self.exclude = list(include or []), list(exclude or [])
-        self.keep_first_last = keep_first_last
-        self.seed = seed
+        @functools.wraps(init)
+        def recording_init(self, *args: Any, **kwargs: Any) -> None:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            config = getattr(self, "_config", {})
+            for name, param in signature.parameters.items():
+                if name != "self" and param.kind is not inspect.Parameter.VAR_KEYWORD:
+                    config.setdefault(name, bound.arguments[name])  # the outermost (user-facing) value wins
+            self._config = config
+            init(self, *args, **kwargs)
+
+        cls.__init__ = recording_init
+
+    def __init__(self, **shared: Any) -> None:
+        self._config = getattr(self, "_config", {})
+        super().__init__(**shared)
+        self.granularity_strategy = make_granularity(self.granularity, self.allocation, self.n, self.m)
         self.model: nn.Module | None = None
         self.masks: MaskSet | None = None
         self.events = 0
         self.last_churn = 0.0
-        self.last_val_acc: float | None = None
-        self.steps_per_epoch: int | None = None  # optimizer steps per epoch, set by the callback at fit start
+        self.steps_per_epoch: int | None = None
+        self._pending_metrics: dict[str, float] = {}  # an event outside before_optimizer_step, logged at the next one
         self._deferred_step: int | None = None  # an update event the AMP scaler skipped: done at the next step
         self._seen_step = -1  # last step `first_forward_of_step` saw (gradient accumulation)
         self._pending_state: dict[str, Any] | None = None
@@ -163,29 +104,12 @@ class Pruner:
         if total_steps < 1:
             raise ValueError(f"training must have at least one optimizer step, got {total_steps}")
         self.model, self.total_steps = model, int(total_steps)
-        targets = select_targets(model, self.include, self.exclude, self.keep_first_last)
-        self.skipped: dict[str, str] = {}
-        if self.granularity == "nm":
-            for name, module in list(targets.items()):
-                if not nm_compatible(module.weight, self.m):
-                    self.skipped[name] = f"input dim not divisible by {self.m}"
-                    del targets[name]
-            if not targets:
-                raise ValueError(f"N:M {self.n}:{self.m} applies to no targeted layer: {self.skipped}")
-        self.targets = targets
-        self.weights = {f"{name}.weight": name for name in targets}
-        self.groups: list[ChannelGroup] = []
-        masked = list(self.weights)
-        if self.granularity == "channel":
-            if example_input is None:
-                raise ValueError("channel granularity needs an example input to trace the model's channel coupling")
-            self.groups = build_channel_groups(model, example_input, set(targets))
-            if not self.groups:
-                raise ValueError("no prunable channel group: every group is coupled to a layer kept dense")
-            extra = sorted({p for g in self.groups for p in g.group_params()} - set(masked))
-            masked += extra
-        self.before_masks(targets)
-        self.masks = MaskSet(model, masked)
+        candidates = select_targets(model, self.include, self.exclude, self.keep_first_last)
+        self.targets, self.skipped, extra = self.granularity_strategy.select(model, candidates, example_input)
+        self.groups = self.granularity_strategy.groups
+        self.weights = {f"{name}.weight": name for name in self.targets}
+        self.before_masks(self.targets)
+        self.masks = MaskSet(model, [*self.weights, *extra])
         self.generator = torch.Generator().manual_seed(self.seed)
         self.schedule = self.build_schedule()
         self.on_attach()
@@ -205,9 +129,31 @@ class Pruner:
     def on_attach(self) -> None:
         """Hook for subclasses (initial masks, extra state)."""
 
-    def on_fit_start(self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any] = ()) -> None:
-        """Training is about to start: the optimizer (and LR schedulers) exist now."""
+    def fit_steps(self, budget: int) -> int:
+        """Optimizer steps the whole fit needs when the configured budget is `budget` (IMP: all rounds)."""
+        return budget
+
+    def total_fit_steps(self, budget: int) -> int:
+        """Former name of `fit_steps`."""
+        return self.fit_steps(budget)
+
+    def on_fit_start(
+        self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any] = (), steps_per_epoch: int | None = None
+    ) -> None:
+        """Training is about to start: the optimizer, LR schedulers and the epoch length exist now."""
         self.optimizer, self.schedulers = optimizer, list(schedulers)
+        self.steps_per_epoch = steps_per_epoch or self.steps_per_epoch
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters the method owns (thresholds, scores); never in the user's optimizer."""
+        return []
+
+    def penalty(self) -> torch.Tensor | None:
+        """A loss term added to the task loss of every training step (None: the method has none)."""
+        return None
+
+    def on_validation(self, metrics: dict[str, float]) -> None:
+        """Validation results of the latest epoch (e.g. IMP records each round's accuracy)."""
 
     def before_forward(self, step: int) -> None:
         """Called before each training batch's forward (IMP rewinds here; soft masks refresh thresholds)."""
@@ -222,29 +168,24 @@ class Pruner:
     def on_fit_end(self) -> None:
         """Training finished (before `finalize`)."""
 
-    def total_fit_steps(self, round_steps: int) -> int:
-        """Optimizer steps the whole fit needs when the configured budget is `round_steps` (IMP: all rounds)."""
-        return round_steps
-
     def report(self) -> dict[str, Any]:
         """Method-specific entries for results.json (e.g. IMP's rounds)."""
         return {}
 
+    @property
+    def masks_weights(self) -> bool:
+        """Whether the masks are enforced on the weights now (False while a soft mask only reports them)."""
+        return True
+
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Decide masks at update events, then zero the gradients of inactive weights.
 
-        Args:
-            step: Optimizer steps completed so far (Lightning's `global_step`).
-            optimizer: The optimizer about to step (its state is cleared where masks change).
-
-        Returns:
-            Metrics to log (empty when nothing changed).
+        Returns the metrics of a mask change to log at this step (empty when nothing changed). An update event
+        on a step whose gradients hold inf/NaN (the AMP scaler skips it) is carried out at the next finite step.
         """
-        metrics: dict[str, float] = {}
+        metrics, self._pending_metrics = self._pending_metrics, {}
         event = step if self.is_update_step(step) else self._deferred_step
         if event is not None and not self.grads_finite():
-            # The AMP scaler skips a step with inf/NaN gradients: masks must not move on it, and the event is
-            # carried out at the next finite step (so the target is still reached when the `end` event was skipped).
             self._deferred_step = event
         elif event is not None:
             self._deferred_step = None
@@ -252,12 +193,14 @@ class Pruner:
             self.update(event)
             metrics = self._after_update(before, optimizer)
             self.events += 1
-        self.masks.apply_to_grads()
+        if self.masks_weights:
+            self.masks.apply_to_grads()
         return metrics
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Re-mask the weights after the optimizer moved them."""
-        self.masks.apply_to_weights()
+        if self.masks_weights:
+            self.masks.apply_to_weights()
 
     def finalize(self) -> None:
         """Fold masks into the weights and remove every buffer, leaving the plain architecture."""
@@ -271,16 +214,11 @@ class Pruner:
     def grads_finite(self) -> bool:
         """False when a gradient holds inf/NaN (the AMP scaler will skip this step: masks must not move)."""
         grads = [p.grad for p in self.masks.param_list() if p.grad is not None]
-        if not grads:
-            return True
-        return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
 
     def scores(self) -> dict[str, torch.Tensor]:
-        """Importance of every targeted weight: |w|, with inactive weights ranked below every active one.
-
-        Ranking inactive weights last makes magnitude masks monotone (pruned weights never return) even when
-        an active weight is exactly zero.
-        """
+        """Importance of every targeted weight: |w|, inactive weights ranked below every active one (so
+        magnitude masks are monotone even when an active weight is exactly zero)."""
         out = {}
         for fqn in self.weights:
             w = self.masks.param(fqn).detach()
@@ -293,80 +231,36 @@ class Pruner:
 
     def prune_to(self, sparsity: float) -> None:
         """Set masks so the targeted weights reach `sparsity` under the configured granularity/allocation."""
-        scores = self.scores()
-        if self.granularity == "channel":
-            self._prune_channels(sparsity)
-        elif self.granularity == "nm":
-            keep = self.m - round((self.m - self.n) * (sparsity / self.sparsity)) if self.sparsity > 0 else self.m
-            for fqn, s in scores.items():
-                self.masks.set(fqn, nm_mask(s, keep, self.m))
-        else:
-            for fqn, k in self.keep_counts(scores, sparsity).items():
-                self.masks.set(fqn, topk_mask(scores[fqn], k))
+        self.granularity_strategy.prune(self.masks, self.weights, self.scores(), sparsity)
 
-    def keep_counts(self, scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, int]:
-        """Active weights per layer for a global sparsity under the configured allocation."""
-        numels = {fqn: s.numel() for fqn, s in scores.items()}
-        if self.allocation == "global":
-            return global_keep_counts(scores, sparsity)
-        if self.allocation == "erk":
-            densities = erk_densities({f: s.shape for f, s in scores.items()}, sparsity)
-        else:
-            densities = {f: 1.0 - sparsity for f in numels}
-        return keep_counts(densities, numels)
+    def _group_alive(self, group: Any) -> torch.Tensor:
+        return self.granularity_strategy.alive(self.masks, group)
 
-    def _prune_channels(self, sparsity: float) -> None:
-        masks = self.masks.masks
-        params = {fqn: p.detach() * masks[fqn] for fqn, p in self.masks.params.items()}
-        group_scores = []
-        for g in self.groups:
-            alive = self._group_alive(g)
-            s = normalize_group_scores(g.scores(params).float(), alive)
-            group_scores.append(torch.where(alive, s, torch.full_like(s, -1.0)))
-        if self.allocation == "global":
-            flat = torch.cat(group_scores)
-            keep_total = max(len(self.groups), round((1.0 - sparsity) * flat.numel()))
-            chosen = topk_mask(flat, keep_total)
-            keeps = list(torch.split(chosen, [g.size for g in self.groups]))
-        else:
-            keeps = [
-                topk_mask(s, max(1, round((1.0 - sparsity) * g.size)))
-                for g, s in zip(self.groups, group_scores, strict=True)
-            ]
-        new = {fqn: torch.ones_like(m) for fqn, m in self.masks.masks.items()}
-        for g, keep in zip(self.groups, keeps, strict=True):
-            if not keep.any():  # a group keeps at least its best channel so the network stays connected
-                keep = topk_mask(group_scores[self.groups.index(g)], 1)
-            g.expand(keep, new)
-        for fqn, mask in new.items():
-            self.masks.set(fqn, mask)
-
-    def _group_alive(self, group: ChannelGroup) -> torch.Tensor:
-        """Channels of a group still active (its first producer's rows not all zero)."""
-        first = group.slices[0]
-        mask = self.masks.mask(first.param)
-        rows = mask.movedim(first.dim, 0)
-        index = first.index if first.index.ndim == 1 else first.index[:, 0]
-        return rows.reshape(rows.shape[0], -1)[index.to(rows.device)].any(dim=1)
+    def record_event(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> None:
+        """Masks changed outside `before_optimizer_step` (a round, a hardening): clean up and log at the next step."""
+        self._pending_metrics = self._after_update(before, optimizer)
+        self.events += 1
 
     def churn(self, before: dict[str, torch.Tensor]) -> float:
         """Fraction of the targeted weights active now that were inactive in `before` (newly grown)."""
         grown = active = 0
         for fqn in self.weights:
-            new, old = self.masks.mask(fqn), before[fqn]
-            grown += int(((new != 0) & (old == 0)).sum())
+            new = self.masks.mask(fqn)
+            grown += int(((new != 0) & (before[fqn] == 0)).sum())
             active += int(new.count_nonzero())
         return grown / active if active else 0.0
 
-    def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Clear optimizer state where masks changed; report churn and apply the masks to the weights."""
+    def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> dict:
+        """Clear optimizer state where masks changed; regrown weights start at 0; report churn; re-mask."""
         masks = self.masks.masks
         changed = {fqn: old != masks[fqn] for fqn, old in before.items()}
-        self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
-        with torch.no_grad():  # regrown weights start at 0 (inactive weights already are; this makes it a guarantee)
+        if optimizer is not None:
+            self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
+        with torch.no_grad():
             for fqn, old in before.items():
                 self.masks.param(fqn).masked_fill_((old == 0) & (masks[fqn] != 0), 0.0)
-        self.masks.apply_to_weights()
+        if self.masks_weights:
+            self.masks.apply_to_weights()
         self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn}
 
@@ -380,6 +274,7 @@ class Pruner:
             "rng": self.generator.get_state(),
             "last_churn": self.last_churn,
             "deferred_step": self._deferred_step,
+            "seen_step": self._seen_step,
             **self.extra_state(),
         }
 
@@ -396,6 +291,7 @@ class Pruner:
         self.events = state.get("events", 0)
         self.last_churn = state.get("last_churn", 0.0)
         self._deferred_step = state.get("deferred_step")
+        self._seen_step = state.get("seen_step", self._seen_step)
         if "rng" in state:
             self.generator.set_state(state["rng"])
         self.load_extra_state(state)
@@ -410,7 +306,7 @@ class Pruner:
     # ----------------------------------------------------------------------------------------- reporting
     def mask_dict(self) -> dict[str, torch.Tensor]:
         """Current hard masks keyed by parameter FQN (`layer1.0.conv1.weight`)."""
-        return dict(self.masks.masks)
+        return self.masks.masks
 
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity of each targeted layer, keyed by module FQN."""
@@ -419,19 +315,11 @@ class Pruner:
     def global_sparsity(self) -> float:
         """Fraction of inactive targeted weights, from the masks."""
         masks = [self.masks.mask(f) for f in self.weights]
-        total = sum(m.numel() for m in masks)
-        active = int(sum(m.count_nonzero() for m in masks)) if masks else 0
-        return 1.0 - active / total
+        return 1.0 - int(sum(m.count_nonzero() for m in masks)) / sum(m.numel() for m in masks)
 
     def describe(self) -> dict[str, Any]:
-        """Hyper-parameters for results.json."""
-        return {
-            "key": self.key,
-            "sparsity": self.sparsity,
-            "granularity": self.granularity,
-            "allocation": self.allocation,
-            "schedule": self.schedule_kind,
-            "begin": self.begin,
-            "end": self.end,
-            "update_every": self.update_every,
-        }
+        """Every constructor keyword with the value this pruner was built with (results.json `pruner_config`)."""
+        return {"key": self.key, **self._config}
+
+
+__all__ = ["Pruner", "check_fraction", "list_pruners", "register_pruner"]

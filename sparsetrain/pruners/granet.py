@@ -332,15 +332,6 @@ class GraNet(Pruner):
         self.grad_ema = {fqn: t.clone() for fqn, t in state.get("grad_ema", {}).items()}
 
     # ------------------------------------------------------------------------------------------- report
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "init_density": self.init_density,
-            "regrow_fraction": self.regrow_fraction,
-            "regrow_fraction_min": self.regrow_fraction_min,
-            "regrow_end": self.regrow_end,
-            "growth": self.growth,
-        }
 
 
 @register_pruner("rigl")

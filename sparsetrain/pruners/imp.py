@@ -87,7 +87,11 @@ class IMP(Pruner):
                 f"pruner.rewind_step={self.rewind_step} must be below the {self.round_steps} steps of a round"
             )
 
-    def total_fit_steps(self, round_steps: int) -> int:
+    def on_validation(self, metrics: dict[str, float]) -> None:
+        if "val/acc" in metrics:
+            self.last_val_acc = metrics["val/acc"]
+
+    def fit_steps(self, round_steps: int) -> int:
         return round_steps + self.rounds * (round_steps - self.rewind_step)
 
     def round_end(self, r: int) -> int:
@@ -126,9 +130,8 @@ class IMP(Pruner):
             sched.load_state_dict(state)
             for group, lr in zip(self.optimizer.param_groups, sched.get_last_lr(), strict=False):
                 group["lr"] = lr
-        self._after_update(before, self.optimizer)
         self.masks.zero_optimizer_state(self.optimizer, {k: (m == 0) for k, m in self.masks.masks.items()})
-        self.events += 1
+        self.record_event(before, self.optimizer)  # churn, sparsity/<layer> and flops/ratio logged at this step
 
     def _record(self, r: int, step: int) -> dict[str, Any]:
         return {
@@ -154,12 +157,3 @@ class IMP(Pruner):
         self.history = list(state.get("history", []))
         self._snapshot = state.get("snapshot")
         self._seen_step = state.get("seen_step", -1)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "prune_fraction": self.prune_fraction,
-            "rounds": self.rounds,
-            "rewind_step": self.rewind_step,
-            "rewinding": self.rewinding,
-        }

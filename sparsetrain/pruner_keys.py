@@ -1,0 +1,145 @@
+"""The keys every pruner shares (one declaration, one validation) and the pruner registry.
+
+Units follow the project's conventions: `begin`/`end` are fractions of all optimizer steps, `update_every`
+is a period in optimizer steps, `sparsity` is the final fraction of zeros over the targeted weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from omegaconf import OmegaConf
+
+GRANULARITIES = ("unstructured", "channel", "nm")
+ALLOCATIONS = ("uniform", "global", "erk")
+SCHEDULES = ("oneshot", "linear", "cubic")
+
+registry: dict[str, type] = {}
+
+shared_key_doc = """Shared keys (constructor keywords = YAML keys = `pruner.<key>` on the CLI):
+
+    sparsity: Final fraction of zeros over the targeted weights, in [0, 1). With `granularity="nm"` it is
+        implied (1 − n/m) and may be omitted. With `granularity="channel"` it is the fraction of output
+        channels removed over the prunable channel groups.
+    granularity: `unstructured`, `channel` (coupled output channels from Torch-Pruning's dependency graph)
+        or `nm` (exactly `n` kept in every `m` consecutive weights along the input dimension).
+    n, m: N and M of N:M.
+    allocation: `uniform`, `global` (one ranking across layers at every event) or `erk`.
+    schedule: `oneshot`, `linear` or `cubic`.
+    begin, end: Start of pruning and the step the target is reached, as fractions of all optimizer steps.
+    update_every: Optimizer steps between update events.
+    include, exclude: Regexes on module names to target / never to target (default: every Conv/Linear).
+    keep_first_last: Keep the first conv and the classifier dense.
+    seed: Seed of the pruner's own random generator (identical on every DDP rank).
+"""
+
+
+def implied_sparsity(granularity: str, n: Any, m: Any) -> float | None:
+    """The sparsity N:M implies (1 − n/m), or None for other granularities. The one place this rule lives."""
+    if granularity == "nm" and isinstance(n, int) and isinstance(m, int) and 0 < n < m:
+        return 1.0 - n / m
+    return None
+
+
+def default_sparsity(granularity: str, n: Any, m: Any, default: float) -> float:
+    """YAML default of `pruner.sparsity` (resolver `sparsity_default`): implied by N:M, else `default`."""
+    implied = implied_sparsity(granularity, n, m)
+    return default if implied is None else implied
+
+
+OmegaConf.register_new_resolver("sparsity_default", default_sparsity, replace=True)
+
+
+def check_fraction(value: Any, key: str, upper_open: bool = False) -> float:
+    """`value` as a float in [0, 1] ([0, 1) with `upper_open`), else a ValueError naming `pruner.<key>`."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"pruner.{key} must be a number, got {value!r}")
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+        raise ValueError(f"pruner.{key} must be in [0, {'1)' if upper_open else '1]'}, got {value}")
+    return float(value)
+
+
+class SharedKeys:
+    """Validates and stores the shared keys; `defaults` holds a method's own defaults for the keys left None."""
+
+    defaults: ClassVar[dict[str, Any]] = {
+        "allocation": "global",
+        "schedule": "cubic",
+        "begin": 0.0,
+        "end": 0.5,
+        "update_every": 100,
+    }
+
+    def __init__(
+        self,
+        *,
+        sparsity: float | None = None,
+        granularity: str = "unstructured",
+        n: int = 2,
+        m: int = 4,
+        allocation: str | None = None,
+        schedule: str | None = None,
+        begin: float | None = None,
+        end: float | None = None,
+        update_every: int | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        keep_first_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        d = self.defaults
+        allocation = d["allocation"] if allocation is None else allocation
+        schedule = d["schedule"] if schedule is None else schedule
+        begin = d["begin"] if begin is None else begin
+        end = d["end"] if end is None else end
+        update_every = d["update_every"] if update_every is None else update_every
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"pruner.allocation must be one of {', '.join(ALLOCATIONS)}; got {allocation!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"pruner.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+        if granularity == "nm":
+            if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+                raise ValueError(f"N:M needs integers 0 < n < m, got n={n}, m={m}")
+            implied = implied_sparsity(granularity, n, m)
+            if sparsity is not None and not math.isclose(sparsity, implied, abs_tol=1e-9):
+                raise ValueError(
+                    f"pruner.sparsity={sparsity} contradicts granularity=nm with {n}:{m} (implied {implied:g}); "
+                    "omit pruner.sparsity or set it to the implied value"
+                )
+            sparsity = implied
+        if sparsity is None:
+            raise ValueError("pruner.sparsity is required (final fraction of zero weights, in [0, 1))")
+        self.sparsity = check_fraction(sparsity, "sparsity", upper_open=True)
+        self.granularity, self.n, self.m, self.allocation = granularity, n, m, allocation
+        self.schedule_kind = schedule
+        self.begin, self.end = check_fraction(begin, "begin"), check_fraction(end, "end")
+        if self.end < self.begin:
+            raise ValueError(f"pruner.end ({end}) must not be before pruner.begin ({begin})")
+        if not isinstance(update_every, int) or isinstance(update_every, bool) or update_every < 1:
+            raise ValueError(f"pruner.update_every must be an integer >= 1 optimizer step, got {update_every!r}")
+        self.update_every = update_every
+        self.include, self.exclude = list(include or []), list(exclude or [])
+        self.keep_first_last, self.seed = keep_first_last, seed
+        effective = {
+            "sparsity": self.sparsity,
+            "granularity": granularity,
+            "n": n,
+            "m": m,
+            "allocation": allocation,
+            "schedule": schedule,
+            "begin": self.begin,
+            "end": self.end,
+            "update_every": update_every,
+            "include": self.include,
+            "exclude": self.exclude,
+            "keep_first_last": keep_first_last,
+            "seed": seed,
+        }
+        self._config = {**getattr(self, "_config", {}), **effective}  # shared keys: the values in effect
+
+
+__all__ = ["ALLOCATIONS", "GRANULARITIES", "SCHEDULES", "SharedKeys", "check_fraction", "implied_sparsity"]
