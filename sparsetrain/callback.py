@@ -61,7 +61,7 @@ class SparsityCallback(pl.Callback):
     logs sparsity and FLOPs, saves the pruner's state in checkpoints and finalizes at the end of fit.
 
     Example:
-        >>> trainer = pl.Trainer(callbacks=[SparsityCallback(GMP(sparsity=0.9))])
+        >>> trainer = pl.Trainer(callbacks=[SparsityCallback(pruner)])  # any sparsetrain Pruner
 
     Args:
         pruner: The pruning method.
@@ -114,7 +114,7 @@ class SparsityCallback(pl.Callback):
         one loss). Only for methods that define one: the others' steps are not wrapped."""
         if type(self.pruner).penalty is Pruner.penalty or getattr(pl_module, "_sparsetrain_penalty", False):
             return
-        step, pruner = pl_module.training_step
+        step, pruner = pl_module.training_step, self.pruner
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
             out = step(*args, **kwargs)
@@ -154,7 +154,7 @@ class SparsityCallback(pl.Callback):
         )
 
     def _extend_fit(self, trainer: pl.Trainer) -> None:
-        """Give pruners that train several rounds (IMP) the optimizer steps they need."""
+        """Give pruners that train several rounds the optimizer steps they need (`Pruner.fit_steps`)."""
         budget = int(trainer.estimated_stepping_batches)
         needed = self.pruner.fit_steps(self.pruner.total_steps)
         if needed > budget:

@@ -63,6 +63,7 @@ class Pruner(SharedKeys):
     )
 
     key: ClassVar[str] = "base"
+    unused_keys: ClassVar[tuple[str, ...]] = ()  # shared keys this method ignores: YAML null, anything else refused
 
     def __init_subclass__(cls, **kw: Any) -> None:
         """Record every constructor's arguments (defaults filled in), so `describe()` cannot drift from them."""
@@ -73,6 +74,14 @@ class Pruner(SharedKeys):
 
         @functools.wraps(init)
         def recording_init(self, *args: Any, **kwargs: Any) -> None:
+            if not hasattr(self, "_config"):  # the user-facing call: refuse keys this method does not use
+                unused = sorted(k for k in self.unused_keys if kwargs.get(k) is not None)
+                if unused:
+                    raise ValueError(
+                        f"pruner.{unused[0]} is not used by {self.key} ({type(self).__name__}); leave it unset "
+                        f"(keys this method ignores: {', '.join(self.unused_keys)})"
+                    )
+                kwargs = {k: v for k, v in kwargs.items() if not (k in self.unused_keys and v is None)}
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
             config = getattr(self, "_config", {})

@@ -348,6 +348,7 @@ class RigL(GraNet):
     and a global magnitude ranking of a random initialisation is not one.
     """
 
+    unused_keys = ("schedule", "begin", "end", "init_density")  # static sparsity: init_density = 1 − sparsity
     decay_over_regrow_window = True
     drop_rounding = "floor"
     global_start = None

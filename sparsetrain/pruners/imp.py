@@ -42,6 +42,8 @@ class IMP(Pruner):
         **common: Shared pruner keys (allocation `global` by default; granularity).
     """
 
+    unused_keys = ("schedule", "begin", "end", "update_every")  # rounds, not a schedule
+
     def __init__(
         self,
         *,

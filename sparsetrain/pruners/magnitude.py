@@ -20,12 +20,10 @@ class Magnitude(Pruner):
         **common: Shared pruner keys (see `Pruner`).
     """
 
+    unused_keys = ("schedule", "end", "update_every")  # one event, at `begin`
+
     def __init__(self, *, sparsity: float | None = None, begin: float = 0.5, **common: Any) -> None:
-        common.setdefault("schedule", "oneshot")
-        if common["schedule"] != "oneshot":
-            raise ValueError(f"magnitude prunes once (schedule=oneshot); use gmp for schedule={common['schedule']!r}")
-        common.setdefault("end", begin)
-        super().__init__(sparsity=sparsity, begin=begin, **common)
+        super().__init__(sparsity=sparsity, begin=begin, end=begin, schedule="oneshot", **common)
 
 
 @register_pruner("gmp")
