@@ -127,6 +127,11 @@ class MaskSet:
         if grads:
             torch._foreach_mul_(grads, masks)
 
+    def grads_finite(self) -> bool:
+        """False when a gradient holds inf/NaN (one fused norm; an AMP scaler skips such a step)."""
+        grads = [p.grad for p in self.param_list() if p.grad is not None]
+        return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+
     @torch.no_grad()
     def zero_optimizer_state(self, optimizer: torch.optim.Optimizer, positions: dict[str, torch.Tensor]) -> None:
         """Zero every per-element optimizer state (momentum, Adam moments) at the given positions.
@@ -145,10 +150,34 @@ class MaskSet:
                 if torch.is_tensor(value) and value.shape == keep.shape:
                     value.mul_(keep)
 
-    def density(self, fqn: str) -> float:
-        """Fraction of active entries of one mask."""
-        m = self.mask(fqn)
-        return float(m.count_nonzero()) / m.numel()
+    @torch.no_grad()
+    def settle(
+        self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None, enforce: bool = True
+    ) -> None:
+        """After masks changed from `before`: zero optimizer state where they changed, start regrown weights at 0,
+        and (when `enforce`) re-mask the weights."""
+        masks = self.masks
+        changed = {fqn: old != masks[fqn] for fqn, old in before.items()}
+        if optimizer is not None:
+            self.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
+        for fqn, old in before.items():
+            self.param(fqn).masked_fill_((old == 0) & (masks[fqn] != 0), 0.0)
+        if enforce:
+            self.apply_to_weights()
+
+    def density(self, *fqns: str) -> float:
+        """Fraction of active entries over the given masks (one sync, however many masks)."""
+        masks = [self.mask(f) for f in fqns]
+        return int(sum(m.count_nonzero() for m in masks)) / sum(m.numel() for m in masks)
+
+    def grown_fraction(self, before: dict[str, torch.Tensor], fqns: Iterable[str]) -> float:
+        """Fraction of the active entries of `fqns` that were inactive in `before` (the churn of an event)."""
+        grown = active = 0
+        for fqn in fqns:
+            new = self.mask(fqn)
+            grown += int(((new != 0) & (before[fqn] == 0)).sum())
+            active += int(new.count_nonzero())
+        return grown / active if active else 0.0
 
     @torch.no_grad()
     def remove(self) -> None:

@@ -6,6 +6,8 @@ is a period in optimizer steps, `sparsity` is the final fraction of zeros over t
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -142,4 +144,76 @@ class SharedKeys:
         self._config = {**getattr(self, "_config", {}), **effective}  # shared keys: the values in effect
 
 
-__all__ = ["ALLOCATIONS", "GRANULARITIES", "SCHEDULES", "SharedKeys", "check_fraction", "implied_sparsity"]
+def register_pruner(key: str):
+    """Class decorator adding a pruner to the registry under `key` (= its `conf/pruner/<key>.yaml`)."""
+
+    def wrap(cls: type) -> type:
+        cls.key = key
+        registry[key] = cls
+        return cls
+
+    return wrap
+
+
+def list_pruners() -> dict[str, type]:
+    """Registered pruners by key (every module in `sparsetrain/pruners/` is imported, so a new file is found)."""
+    from sparsetrain import pruners
+
+    pruners.discover()
+    return dict(registry)
+
+
+class ConfiguredPruner(SharedKeys):
+    """Records every constructor's arguments, so `describe()` (results.json `pruner_config`) cannot drift.
+
+    `unused_keys` are shared keys a method ignores: its YAML declares them null (so the CLI knows them) and any
+    other value is refused in one line instead of being silently dropped.
+    """
+
+    key: ClassVar[str] = "base"
+    unused_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Record every constructor's arguments (defaults filled in), so `describe()` cannot drift from them."""
+        super().__init_subclass__(**kw)
+        if "__init__" not in cls.__dict__:
+            return
+        init, signature = cls.__init__, inspect.signature(cls.__init__)
+
+        @functools.wraps(init)
+        def recording_init(self, *args: Any, **kwargs: Any) -> None:
+            if not hasattr(self, "_config"):  # the user-facing call: refuse keys this method does not use
+                unused = sorted(k for k in self.unused_keys if kwargs.get(k) is not None)
+                if unused:
+                    raise ValueError(
+                        f"pruner.{unused[0]} is not used by {self.key} ({type(self).__name__}); leave it unset "
+                        f"(keys this method ignores: {', '.join(self.unused_keys)})"
+                    )
+                kwargs = {k: v for k, v in kwargs.items() if not (k in self.unused_keys and v is None)}
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            config = getattr(self, "_config", {})
+            for name, param in signature.parameters.items():
+                if name != "self" and param.kind is not inspect.Parameter.VAR_KEYWORD:
+                    config.setdefault(name, bound.arguments[name])  # the outermost (user-facing) value wins
+            self._config = config
+            init(self, *args, **kwargs)
+
+        cls.__init__ = recording_init
+
+    def describe(self) -> dict[str, Any]:
+        """Every constructor keyword with the value this pruner was built with (results.json `pruner_config`)."""
+        return {"key": self.key, **self._config}
+
+
+__all__ = [
+    "ALLOCATIONS",
+    "GRANULARITIES",
+    "SCHEDULES",
+    "ConfiguredPruner",
+    "SharedKeys",
+    "check_fraction",
+    "implied_sparsity",
+    "list_pruners",
+    "register_pruner",
+]

@@ -200,7 +200,7 @@ def test_a_dtype_change_mid_training_keeps_masks_live(key):
     model.double()
     data = [(x.double(), y) for x, y in batches(8, (16,))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    train_plain(model, pruner, optimizer, data, pruner.total_fit_steps(STEPS))
+    train_plain(model, pruner, optimizer, data, pruner.fit_steps(STEPS))
     pruner.on_fit_end()
     decided = pruner.mask_dict()
     for fqn in decided:
@@ -302,7 +302,7 @@ def fit_with_checkpoints(pruner, ckpt_dir, *callbacks: pl.Callback, ckpt_path=No
 KNOWN_RESUME_BUGS = {
     ("imp", g): "IMP resumed after an epoch replays a batch (the loop restarts after the fit was extended)"
     for g in GRANULARITIES
-} | {("pdp", "nm"): "PDP's N:M threshold buffer changes shape, so a fresh module cannot load it"}
+}
 
 
 def resume_matrix() -> list:

@@ -1,4 +1,8 @@
-"""PDP soft masks: the formula, gradients through 'pruned' weights, exact hard mask, N:M."""
+"""PDP soft masks: the formula, gradients through 'pruned' weights, exact hard mask, N:M, channels, the
+temperature's scale per granularity and a continuous switch to the hard mask.
+
+`.venv/bin/python -m tests.test_pdp` prints the separation and hardening numbers the tests assert on.
+"""
 
 import pytest
 import torch
@@ -6,7 +10,9 @@ from torch import nn
 
 from sparsetrain.granularity import nm_group_view
 from sparsetrain.pruners import PDP
-from tests.helpers.nets import MLP, batches, train_plain
+from tests.helpers.nets import MLP, ResNetTiny, batches, train_plain
+
+GRANULARITIES = ("unstructured", "nm", "channel")
 
 
 def _pdp(steps=100, **kw):
@@ -22,14 +28,23 @@ def _pdp(steps=100, **kw):
     return model, pruner
 
 
+def _iqr(x: torch.Tensor) -> torch.Tensor:
+    ordered = x.reshape(-1).sort().values
+    last = ordered.numel() - 1
+    return ordered[round(0.75 * last)] - ordered[round(0.25 * last)]
+
+
 def test_soft_mask_equals_the_formula():
     model, pruner = _pdp(tau=0.05)
-    pruner.before_forward(60)  # past `end`, before hardening: full budgets, soft mask on
+    pruner.before_forward(60)  # past `end`, before hardening: full budgets, soft mask on, τ annealing
     w = model.fc1.parametrizations.weight.original.detach()
     k = round((1 - pruner.budgets["fc1.weight"]) * w.numel())
     mags = w.abs().reshape(-1).sort(descending=True).values
     t = 0.5 * (mags[k - 1] + mags[k])  # halfway between smallest kept and largest pruned
-    tau = 0.05 * (w**2).mean()
+    # τ relative to the interquartile range of w², annealed geometrically from `end` (50) to 0.01·τ at the
+    # last soft step (79): at step 60 a third of the way
+    tau = 0.05 * 0.01 ** ((60 - 50) / (79 - 50)) * _iqr(w**2)
+    assert pruner.tau_at(50) == 0.05 and pruner.tau_at(79) == pytest.approx(0.05 * 0.01)
     expected = w * torch.sigmoid((w**2 - t**2) / tau)
     assert torch.allclose(model.fc1.weight, expected, atol=1e-6)  # the parametrized weight
     assert torch.allclose(pruner.soft_mask("fc1"), torch.sigmoid((w**2 - t**2) / tau), atol=1e-6)
@@ -92,9 +107,13 @@ def test_nm_thresholds_per_group_and_exact_groups():
 def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
     _, pruner = _pdp(steps=50, warmup=0.2, end=0.6, finetune=0.2)
     assert pruner.progress(9) == 0.0 and pruner.progress(pruner.schedule.end_step) == 1.0
-    _, slow = _pdp(steps=50, ramp="epsilon", epsilon=0.1)
-    slow.steps_per_epoch = 10
-    assert slow.progress(0) == pytest.approx(0.1) and slow.progress(25) == pytest.approx(0.3)
+    # ε: the budget fraction gained per threshold refresh (a period in optimizer steps), not per epoch, so
+    # the ramp is the same whatever the epoch length or the total budget (the paper's: it may not finish)
+    for steps in (50, 1000):
+        _, slow = _pdp(steps=steps, ramp="epsilon", epsilon=0.1, threshold_every=10, warmup=0.0)
+        slow.steps_per_epoch = 3
+        assert slow.progress(0) == pytest.approx(0.1) and slow.progress(25) == pytest.approx(0.3)
+        assert slow.progress(95) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -104,6 +123,8 @@ def test_ramp_reaches_budget_at_end_whatever_the_budget_and_epsilon_option():
         ({"granularity": "channel", "allocation": "erk"}, "erk is defined for weights"),
         ({"warmup": 0.6, "end": 0.5}, "warmup <= end <= 1 - finetune"),
         ({"ramp": "step"}, "ramp must be one of"),
+        ({"tau_final": 0}, "tau_final must be in"),
+        ({"tau_final": 2.0}, "tau_final must be in"),
     ],
 )
 def test_bad_pdp_configs(kwargs, match):
@@ -141,7 +162,7 @@ def test_channel_soft_masks_are_coupled_differentiable_and_harden_exactly():
     assert torch.count_nonzero(w1.grad) == w1.numel()  # every filter gets gradient, "pruned" ones too
     train_plain(model, pruner, torch.optim.SGD(model.parameters(), lr=0.05), batches(4, (3, 8, 8)), 40)
     for g in pruner.groups:
-        assert int(pruner._group_alive(g).sum()) == g.size // 2
+        assert int(pruner.granularity_strategy.alive(pruner.masks, g).sum()) == g.size // 2
     expected = {f: int(mask.sum()) for f, mask in pruner.masks.masks.items()}
     pruner.finalize()
     plain = ResNetTiny()
@@ -188,7 +209,7 @@ def test_refresh_reports_churn_but_leaves_weights_unmasked_in_the_soft_phase():
 
 
 def test_absolute_tau_equals_the_formula_without_normalisation():
-    model, pruner = _pdp(tau=1e-3, tau_normalize=False)
+    model, pruner = _pdp(tau=1e-3, tau_normalize=False, tau_final=1.0)
     pruner.before_forward(60)
     w = model.fc1.parametrizations.weight.original.detach()
     t2 = pruner._soft["fc1"].t2
@@ -211,3 +232,145 @@ def test_thresholds_use_no_autograd_no_kthvalue_and_refresh_once_per_optimizer_s
     assert len(calls) == 5
     soft = pruner._soft["fc1"]
     assert not soft.t2.requires_grad and soft.t2.grad_fn is None and soft.inv_tau.grad_fn is None
+
+
+# ------------------------------------------------------------------------------ τ scale and hardening
+def _soft_phase(granularity: str, seed: int = 0, **kw):
+    """A small net trained through PDP's soft phase, stopped right before the hardening step.
+
+    Returns the model, the pruner and a fixed batch to measure the network's function on.
+    """
+    torch.manual_seed(seed)
+    if granularity == "channel":
+        model, shape = ResNetTiny(), (3, 8, 8)
+        kw = {"sparsity": 0.5, "granularity": "channel", "allocation": "uniform", "keep_first_last": False, **kw}
+    elif granularity == "nm":
+        model, shape = MLP(), (16,)
+        kw = {"granularity": "nm", "n": 2, "m": 4, **kw}
+    else:
+        model, shape = MLP(), (16,)
+        kw = {"sparsity": 0.75, **kw}
+    pruner = PDP(**{"warmup": 0.1, "end": 0.5, "finetune": 0.2, "threshold_every": 1, **kw})
+    pruner.attach(model, 100, torch.zeros(1, *shape))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train_plain(model, pruner, optimizer, batches(8, shape, seed=seed), min(pruner.harden_step, 100))
+    return model, pruner, batches(1, shape, seed=99, batch=64)[0][0]
+
+
+def _soft_masks(model: nn.Module, pruner: PDP, x: torch.Tensor) -> torch.Tensor:
+    """Every unit's current soft mask: one per weight, or per channel (computed by a forward, as training)."""
+    if pruner.granularity == "channel":
+        model.eval()  # the masks do not depend on the mode; eval leaves the BN statistics alone
+        with torch.no_grad():
+            model(x)
+        model.train()
+        return torch.cat(pruner._channel_state.current).detach()
+    return torch.cat([pruner.soft_mask(name).reshape(-1) for name in pruner.weights.values()])
+
+
+def _logit_change(model: nn.Module, pruner: PDP, x: torch.Tensor, train: bool = False) -> float:
+    """Relative change of the logits on a fixed batch across the hardening step.
+
+    Eval mode by default (BN running statistics: the function that ships with finetune=0); `train` uses the
+    batch statistics, as the next training step does.
+    """
+    model.train(train)
+    with torch.no_grad():
+        before = model(x)
+        pruner.before_forward(pruner.harden_step)
+        assert pruner.hardened
+        after = model(x)
+    model.train()
+    return float((after - before).norm() / before.norm())
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_one_tau_separates_kept_from_pruned_in_every_granularity(granularity):
+    """τ is relative to the spread of the scores each threshold compares, so τ = 1 means the same for
+    weights, channel scores and N:M groups.
+
+    Relative to the layer's mean w², channel scores (means over whole filters) all sat at m ≈ 0.45–0.6 and
+    the middle N:M ranks at 0.58 | 0.44: the median unit had |m − 0.5| ≈ 0.04 (channel), 0.08 (N:M), and
+    kept and pruned channels differed by 0.12 on average.
+    """
+    model, pruner, x = _soft_phase(granularity, tau_final=1.0)  # the nominal τ all through
+    m = _soft_masks(model, pruner, x)
+    assert m[m >= 0.5].mean() - m[m < 0.5].mean() >= 0.2
+    assert float((m - 0.5).abs().median()) >= 0.1  # at least half of the units have m outside (0.4, 0.6)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_annealing_takes_the_soft_masks_to_0_and_1_before_they_harden(granularity):
+    """The paper's mask reaches 0/1 by itself (its absolute τ is small); ours anneals τ from `end` on."""
+    model, pruner, x = _soft_phase(granularity)
+    m = _soft_masks(model, pruner, x)
+    assert m[m >= 0.5].mean() >= 0.9 and m[m < 0.5].mean() <= 0.1
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_hardening_leaves_the_function_unchanged(granularity):
+    """The switch to the hard mask changed the logits by 6 % (unstructured), 7 % (2:4) and 38 % (channel;
+    15× in eval mode, whose BN statistics saw the masked channels); annealed and folded, it is continuous."""
+    model, pruner, x = _soft_phase(granularity)
+    assert _logit_change(model, pruner, x) < 0.01
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_hardening_folds_the_soft_mask_into_the_kept_weights(granularity):
+    """Without annealing many kept units still have m < 1: hardening keeps their effective value w·m
+    (and zeroes the pruned ones) instead of jumping to w."""
+    model, pruner, x = _soft_phase(granularity, tau_final=1.0)
+    m = _soft_masks(model, pruner, x)  # (a forward: the channel masks of the current weights)
+    assert m[m >= 0.5].min() < 0.9  # the fold has something to keep
+
+    def effective() -> dict[str, torch.Tensor]:  # what the forward uses: the parametrized value where there is one
+        out = {}
+        for fqn in pruner.masks.masks:
+            owner, _, name = fqn.rpartition(".")
+            out[fqn] = getattr(model.get_submodule(owner), name).detach().clone()
+        return out
+
+    before = effective()
+    pruner.harden()
+    after = effective()
+    for fqn, mask in pruner.masks.masks.items():
+        assert torch.allclose(after[fqn], before[fqn] * mask, atol=1e-6), fqn
+
+
+def test_a_run_resumed_after_its_last_step_hardens_like_the_uninterrupted_one():
+    """With finetune=0 the mask hardens at fit end, after the last forward: a run restored from a checkpoint
+    of its last step folds the same annealed masks (the annealing factor is pruner state, not a buffer)."""
+    model, pruner, x = _soft_phase("unstructured", finetune=0.0)
+    assert not pruner.hardened and pruner.tau_at(99) == pytest.approx(0.01)
+    resumed_model = MLP()
+    resumed = PDP(sparsity=0.75, warmup=0.1, end=0.5, finetune=0.0, threshold_every=1)
+    resumed.attach(resumed_model, 100, torch.zeros(1, 16))
+    resumed_model.load_state_dict(model.state_dict())
+    resumed.load_state_dict(pruner.state_dict())
+    pruner.on_fit_end()
+    resumed.on_fit_end()
+    for name in pruner.weights.values():
+        assert torch.equal(getattr(resumed_model, name).weight, getattr(model, name).weight), name
+
+
+def _report() -> None:
+    """Print what the tests above assert on (separation at nominal and annealed τ; logit change)."""
+    import inspect
+
+    nominal = {"tau_final": 1.0} if "tau_final" in inspect.signature(PDP).parameters else {}
+    for granularity in GRANULARITIES:
+        for label, kw in (("nominal tau", nominal), ("defaults", {})):
+            model, pruner, x = _soft_phase(granularity, **kw)
+            m = _soft_masks(model, pruner, x)
+            eval_change = _logit_change(model, pruner, x)
+            model, pruner, x = _soft_phase(granularity, **kw)  # the same run again, measured in train mode
+            train_change = _logit_change(model, pruner, x, train=True)
+            print(
+                f"{granularity:12s} {label:11s}  kept {float(m[m >= 0.5].mean()):.3f}  pruned "
+                f"{float(m[m < 0.5].mean()):.3f}  median |m-0.5| {float((m - 0.5).abs().median()):.3f}  "
+                f"logit change at hardening: eval {eval_change:.2%}, train {train_change:.2%}"
+            )
+
+
+if __name__ == "__main__":
+    _report()

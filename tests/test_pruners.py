@@ -24,7 +24,7 @@ def _run(key: str, steps: int = STEPS, model=None, shape=(16,), opt="sgd", **kw)
         kw.setdefault("begin", 0.25)
     pruner = list_pruners()[key](**kw)
     pruner.attach(model, steps if key != "imp" else steps, torch.zeros(1, *shape))
-    total = pruner.total_fit_steps(steps)
+    total = pruner.fit_steps(steps)
     optimizer = (
         torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         if opt == "sgd"

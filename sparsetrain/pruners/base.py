@@ -1,36 +1,28 @@
 """The pruner protocol: what `SparsityCallback` (or any training loop) calls, the same for every method.
 
-    pruner.attach(model, total_steps, example_input)      # before the optimizer is built: masks, parametrizations
-    steps = pruner.fit_steps(total_steps)                 # optimizer steps the fit needs (IMP: every round)
-    pruner.on_fit_start(optimizer, schedulers, steps_per_epoch)
-    for step in range(steps):
-        pruner.before_forward(step)                       # soft masks refresh thresholds, IMP rewinds
-        loss = task_loss + (pruner.penalty() or 0)        # a method's loss term (learnable thresholds)
-        loss.backward()
+    pruner.attach(model, total_steps, example_input)   # before the optimizer exists: masks, parametrizations
+    pruner.on_fit_start(optimizer, schedulers, steps_per_epoch); run pruner.fit_steps(total_steps) steps of:
+        pruner.before_forward(step); loss = task_loss + (pruner.penalty() or 0); loss.backward()
         metrics = pruner.before_optimizer_step(step, optimizer)   # decide masks at events, mask gradients
-        optimizer.step()
-        pruner.after_optimizer_step(step, optimizer)      # re-mask weights; a method's own optimizer steps
-        pruner.on_validation({"val/acc": ...})            # whenever a validation ran
-    pruner.on_fit_end(); pruner.finalize()                # hard masks folded in, plain architecture
+        optimizer.step(); pruner.after_optimizer_step(step, optimizer)   # re-mask; a method's own optimizer
+        pruner.on_validation({"val/acc": ...})        # whenever a validation ran
+    pruner.on_fit_end(); pruner.finalize()             # hard masks folded in: the plain architecture
 
-A method subclasses `Pruner`, registers itself with `@register_pruner("key")` and overrides what it needs;
-a method with trainable parameters of its own returns them from `extra_parameters()` and steps its own
-optimizer in `after_optimizer_step`. Granularity (unstructured, N:M, channel) is a strategy
-(`sparsetrain.strategies`) every method calls through `prune_to`.
+A method is one file: a `Pruner` subclass with `@register_pruner("key")`, overriding what it needs (trainable
+parameters of its own come from `extra_parameters()` and are stepped by the method). Granularity is a
+strategy (`sparsetrain.strategies`) every method calls through `prune_to`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from sparsetrain.masking import MaskSet
-from sparsetrain.pruner_keys import SharedKeys, check_fraction, registry, shared_key_doc
+from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, list_pruners, register_pruner, shared_key_doc
 from sparsetrain.schedules import SparsitySchedule, to_step
 from sparsetrain.strategies import make_granularity
 from sparsetrain.targets import select_targets
@@ -38,63 +30,12 @@ from sparsetrain.targets import select_targets
 STATE_VERSION = 1
 
 
-def register_pruner(key: str):
-    """Class decorator adding a pruner to the registry under `key` (= its `conf/pruner/<key>.yaml`)."""
-
-    def wrap(cls: type[Pruner]) -> type[Pruner]:
-        cls.key = key
-        registry[key] = cls
-        return cls
-
-    return wrap
-
-
-def list_pruners() -> dict[str, type[Pruner]]:
-    """Registered pruners by key (every module in `sparsetrain/pruners/` is imported, so a new file is found)."""
-    from sparsetrain import pruners
-
-    pruners.discover()
-    return dict(registry)
-
-
-class Pruner(SharedKeys):
+class Pruner(ConfiguredPruner):
     __doc__ = (
         "Base class of every method: the shared keys, the lifecycle and hard-mask enforcement.\n\n" + shared_key_doc
     )
 
-    key: ClassVar[str] = "base"
-    unused_keys: ClassVar[tuple[str, ...]] = ()  # shared keys this method ignores: YAML null, anything else refused
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        """Record every constructor's arguments (defaults filled in), so `describe()` cannot drift from them."""
-        super().__init_subclass__(**kw)
-        if "__init__" not in cls.__dict__:
-            return
-        init, signature = cls.__init__, inspect.signature(cls.__init__)
-
-        @functools.wraps(init)
-        def recording_init(self, *args: Any, **kwargs: Any) -> None:
-            if not hasattr(self, "_config"):  # the user-facing call: refuse keys this method does not use
-                unused = sorted(k for k in self.unused_keys if kwargs.get(k) is not None)
-                if unused:
-                    raise ValueError(
-                        f"pruner.{unused[0]} is not used by {self.key} ({type(self).__name__}); leave it unset "
-                        f"(keys this method ignores: {', '.join(self.unused_keys)})"
-                    )
-                kwargs = {k: v for k, v in kwargs.items() if not (k in self.unused_keys and v is None)}
-            bound = signature.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            config = getattr(self, "_config", {})
-            for name, param in signature.parameters.items():
-                if name != "self" and param.kind is not inspect.Parameter.VAR_KEYWORD:
-                    config.setdefault(name, bound.arguments[name])  # the outermost (user-facing) value wins
-            self._config = config
-            init(self, *args, **kwargs)
-
-        cls.__init__ = recording_init
-
     def __init__(self, **shared: Any) -> None:
-        self._config = getattr(self, "_config", {})
         super().__init__(**shared)
         self.granularity_strategy = make_granularity(self.granularity, self.allocation, self.n, self.m)
         self.model: nn.Module | None = None
@@ -141,10 +82,6 @@ class Pruner(SharedKeys):
     def fit_steps(self, budget: int) -> int:
         """Optimizer steps the whole fit needs when the configured budget is `budget` (IMP: all rounds)."""
         return budget
-
-    def total_fit_steps(self, budget: int) -> int:
-        """Former name of `fit_steps`."""
-        return self.fit_steps(budget)
 
     def on_fit_start(
         self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any] = (), steps_per_epoch: int | None = None
@@ -222,8 +159,7 @@ class Pruner(SharedKeys):
 
     def grads_finite(self) -> bool:
         """False when a gradient holds inf/NaN (the AMP scaler will skip this step: masks must not move)."""
-        grads = [p.grad for p in self.masks.param_list() if p.grad is not None]
-        return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        return self.masks.grads_finite()
 
     def scores(self) -> dict[str, torch.Tensor]:
         """Importance of every targeted weight: |w|, inactive weights ranked below every active one (so
@@ -242,9 +178,6 @@ class Pruner(SharedKeys):
         """Set masks so the targeted weights reach `sparsity` under the configured granularity/allocation."""
         self.granularity_strategy.prune(self.masks, self.weights, self.scores(), sparsity)
 
-    def _group_alive(self, group: Any) -> torch.Tensor:
-        return self.granularity_strategy.alive(self.masks, group)
-
     def record_event(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> None:
         """Masks changed outside `before_optimizer_step` (a round, a hardening): clean up and log at the next step."""
         self._pending_metrics = self._after_update(before, optimizer)
@@ -252,24 +185,11 @@ class Pruner(SharedKeys):
 
     def churn(self, before: dict[str, torch.Tensor]) -> float:
         """Fraction of the targeted weights active now that were inactive in `before` (newly grown)."""
-        grown = active = 0
-        for fqn in self.weights:
-            new = self.masks.mask(fqn)
-            grown += int(((new != 0) & (before[fqn] == 0)).sum())
-            active += int(new.count_nonzero())
-        return grown / active if active else 0.0
+        return self.masks.grown_fraction(before, self.weights)
 
     def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> dict:
-        """Clear optimizer state where masks changed; regrown weights start at 0; report churn; re-mask."""
-        masks = self.masks.masks
-        changed = {fqn: old != masks[fqn] for fqn, old in before.items()}
-        if optimizer is not None:
-            self.masks.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
-        with torch.no_grad():
-            for fqn, old in before.items():
-                self.masks.param(fqn).masked_fill_((old == 0) & (masks[fqn] != 0), 0.0)
-        if self.masks_weights:
-            self.masks.apply_to_weights()
+        """Settle a mask change (optimizer state, regrown weights at 0, re-mask) and report its churn."""
+        self.masks.settle(before, optimizer, enforce=self.masks_weights)
         self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn}
 
@@ -323,12 +243,7 @@ class Pruner(SharedKeys):
 
     def global_sparsity(self) -> float:
         """Fraction of inactive targeted weights, from the masks."""
-        masks = [self.masks.mask(f) for f in self.weights]
-        return 1.0 - int(sum(m.count_nonzero() for m in masks)) / sum(m.numel() for m in masks)
-
-    def describe(self) -> dict[str, Any]:
-        """Every constructor keyword with the value this pruner was built with (results.json `pruner_config`)."""
-        return {"key": self.key, **self._config}
+        return 1.0 - self.masks.density(*self.weights)
 
 
 __all__ = ["Pruner", "check_fraction", "list_pruners", "register_pruner"]

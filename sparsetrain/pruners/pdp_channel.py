@@ -4,7 +4,9 @@ Each group's channel score is the mean squared weight of its coupled producer fi
 every forward pass *with* autograd (a forward pre-hook on the network), so gradients reach every filter
 through both the mask and the weights, as in the unstructured case. The mask m_c = σ((s_c² − t²)/τ)
 multiplies every output-side slice of the group (producer rows and biases, BN weight and bias), which scales
-each channel's output whether or not a normalisation layer follows.
+each channel's output whether or not a normalisation layer follows. τ is the pruner's current temperature
+times the spread of the group's s_c² (see `PDP`): `inv_tau_<i>` holds 1/(τ·spread) at the nominal τ, and
+`gain` the annealing factor τ/τ(step) shared by every group.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ChannelMaskState(nn.Module):
         for i, _ in enumerate(sizes):
             self.register_buffer(f"t2_{i}", torch.zeros(()))
             self.register_buffer(f"inv_tau_{i}", torch.ones(()))
+        # not persistent: the pruner saves the annealing factor in its own state (older checkpoints still load)
+        self.register_buffer("gain", torch.ones(()), persistent=False)
         self.enabled = False
         self.current: list[torch.Tensor] = []
 
@@ -79,18 +83,38 @@ def install(model: nn.Module, groups: list[ChannelGroup]) -> ChannelMaskState:
             parametrize.register_parametrization(owner, pname, ChannelSoftMask(state, gi, piece))
 
     def compute_masks(module: nn.Module, args) -> None:
-        if not state.enabled:
-            state.current = []
-            return
-        masks = []
-        for gi, group in enumerate(groups):
-            s2 = group_scores(model, group)
-            t2, inv_tau = getattr(state, f"t2_{gi}"), getattr(state, f"inv_tau_{gi}")
-            masks.append(torch.sigmoid((s2 - t2) * inv_tau))
-        state.current = masks
+        state.current = channel_masks(model, groups, state) if state.enabled else []
 
     state.hook = model.register_forward_pre_hook(compute_masks)
     return state
+
+
+def channel_masks(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> list[torch.Tensor]:
+    """Every group's soft channel mask m_c = σ((s_c² − t²)·inv_tau·gain) from the current weights."""
+    masks = []
+    for gi, group in enumerate(groups):
+        s2 = group_scores(model, group)
+        t2, inv_tau = getattr(state, f"t2_{gi}"), getattr(state, f"inv_tau_{gi}")
+        masks.append(torch.sigmoid((s2 - t2) * inv_tau * state.gain))
+    return masks
+
+
+@torch.no_grad()
+def fold(model: nn.Module, state: ChannelMaskState, masks: list[torch.Tensor]) -> None:
+    """Multiply channel masks (from `channel_masks`) into the raw output-side slices they scale.
+
+    Called at hardening: the hard mask then zeroes the pruned channels, while kept channels keep exactly the
+    scale m_c they were trained with (no jump of the function where m_c < 1).
+    """
+    state.current = masks
+    for owner in model.modules():
+        if not parametrize.is_parametrized(owner):
+            continue
+        for plist in owner.parametrizations.values():
+            for soft in plist:
+                if isinstance(soft, ChannelSoftMask) and soft.state[0] is state:
+                    plist.original.copy_(soft(plist.original))  # the masked value, written into the raw tensor
+    state.current = []
 
 
 def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> None:
