@@ -15,14 +15,14 @@ import pytorch_lightning as pl
 from sparsetrain import SparsityCallback
 from sparsetrain.data import FakeDataModule
 from sparsetrain.module import ClassificationModule
-from sparsetrain.pruners import PDP, SET, GraNet
+from sparsetrain.pruners import GMP, PDP, SET, GraNet
 from tests.helpers.nets import ResNetTiny
 
 
 class NoBroadcast(SparsityCallback):
     """The callback without its rank-0 broadcast of the masks."""
 
-    def _sync_masks(self) -> None:
+    def _sync_masks(self, trainer) -> None:
         pass
 
 
@@ -81,3 +81,27 @@ def test_masks_identical_on_every_rank(tmp_path, make):
     assert len(ranks[0]) == len(ranks[1]) > 5
     assert ranks[0] == ranks[1]
     assert len(set(ranks[0])) > 2  # masks did change during training
+
+
+@pytest.mark.slow
+def test_the_rank_zero_broadcast_runs_through_lightnings_strategy(tmp_path):
+    """With the broadcast on (the default), events go through `trainer.strategy.broadcast` under gloo."""
+    cb = SparsityCallback(GMP(sparsity=0.8, update_every=2, end=0.8))
+    log = MaskLog(str(tmp_path / "masks"), cb)
+    dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
+    module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb, log],
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=dm)
+    ranks = [json.loads(Path(f"{tmp_path / 'masks'}.rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and len(set(ranks[0])) > 2
