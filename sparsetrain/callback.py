@@ -80,6 +80,7 @@ class SparsityCallback(pl.Callback):
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
         self._hook = None
+        self._fit_steps: int | None = None
         self._dead: set[str] = set()
 
     @property
@@ -157,13 +158,21 @@ class SparsityCallback(pl.Callback):
         """Give pruners that train several rounds the optimizer steps they need (`Pruner.fit_steps`)."""
         budget = int(trainer.estimated_stepping_batches)
         needed = self.pruner.fit_steps(self.pruner.total_steps)
+        self._fit_steps = needed if needed > budget else None
         if needed > budget:
-            trainer.fit_loop.epoch_loop.max_steps = needed
+            # Lift only the epoch limit here; `max_steps` is set in `on_train_start`, after Lightning restored its
+            # loops from a checkpoint. Set before that, it makes the fit "iteration-based", and `FitLoop.restarting`
+            # then treats an epoch a checkpoint finished as unfinished: one batch of a fresh epoch runs inside it.
             trainer.fit_loop.max_epochs = -1
             rank_zero_info(
                 f"sparsetrain: {self.pruner.key} runs {needed} optimizer steps in all (the first round {budget}, "
                 "later rounds from their rewind step)"
             )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fit_steps is not None:
+            trainer.fit_loop.epoch_loop.max_steps = self._fit_steps
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -141,6 +141,7 @@ class SharedKeys:
             "keep_first_last": keep_first_last,
             "seed": seed,
         }
+        effective.update(dict.fromkeys(getattr(self, "unused_keys", ()), None))  # ignored: recorded as unset
         self._config = {**getattr(self, "_config", {}), **effective}  # shared keys: the values in effect
 
 

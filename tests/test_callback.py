@@ -54,7 +54,6 @@ def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
         assert torch.count_nonzero(w) == round(layer["density"] * w.numel())
 
 
-@pytest.mark.slow
 def test_an_open_ended_budget_is_a_clear_error():
     data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))), batch_size=8)
     trainer = pl.Trainer(
@@ -71,6 +70,7 @@ def test_an_open_ended_budget_is_a_clear_error():
         trainer.fit(UserModule(), train_dataloaders=data)
 
 
+@pytest.mark.slow  # two processes, each a full train.py start: about 40 s on 2 cores
 def test_multirun_sweep_with_the_joblib_launcher(tmp_path):
     proc = subprocess.run(
         [

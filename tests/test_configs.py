@@ -1,9 +1,15 @@
 """Every config option composes, validates and instantiates."""
 
+import math
+import types
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from sparsetrain.config import validate
 from sparsetrain.pruners import list_pruners
@@ -49,23 +55,125 @@ def test_every_model_yaml_composes_and_validates(compose, model):
         assert cfg.data.image_size == 32  # a 32-px net sets its input size
 
 
-@pytest.mark.parametrize("group", ["optim", "trainer", "logger"])
-def test_every_optim_trainer_logger_option_composes(compose, group):
-    for option in _options(group):
-        cfg = validate(compose(f"{group}={option}", fast=False))
-        if group == "trainer":
-            trainer_cfg = dict(cfg.trainer)
-            assert trainer_cfg["_target_"] == "pytorch_lightning.Trainer"
+def _expected_factor(step: int, total: int, optim: dict) -> float:
+    """The LR multiplier a YAML describes, written out independently of `sparsetrain.optim`."""
+    warmup = round(optim["warmup"] * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    assert optim["schedule"] == "cosine"
+    progress = (step - warmup) / (total - warmup)
+    return optim["min_lr_factor"] + (1 - optim["min_lr_factor"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def test_sweep_launchers_and_multirun_compose(compose):
-    for option in _options("hydra/launcher"):
-        cfg = compose(f"hydra/launcher={option}", fast=False)
-        assert cfg is not None
+@pytest.mark.parametrize("option", _options("optim"))
+def test_every_optim_yaml_builds_the_optimizer_and_lr_schedule_it_describes(compose, option):
+    import yaml
+
+    from sparsetrain.module import ClassificationModule
+    from tests.helpers.nets import ResNetTiny
+
+    described = yaml.safe_load((CONF / "optim" / f"{option}.yaml").read_text())
+    cfg = validate(compose(f"optim={option}", fast=False))
+    module = ClassificationModule(ResNetTiny(), 4, OmegaConf.to_container(cfg.optim, resolve=True))
+    total = 200
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=total)
+    built = module.configure_optimizers()
+    optimizer, sched = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    assert type(optimizer) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[described["name"]]
+    assert built["lr_scheduler"]["interval"] == "step"
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == described["weight_decay"] and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {  # norm parameters and biases are not decayed
+        id(p) for n, p in module.model.named_parameters() if n.startswith("bn") or n.endswith("bias")
+    }
+    assert len(decay["params"]) == 5  # the four convs and the classifier's weight
+    for group in optimizer.param_groups:
+        assert group["initial_lr"] == described["lr"]
+        if described["name"] == "sgd":
+            assert group["momentum"] == described["momentum"] and group["nesterov"] == described["nesterov"]
+        else:
+            assert list(group["betas"]) == described["betas"]
+    for step in (0, 5, 9, 10, 11, 100, 199):
+        assert sched.lr_lambdas[0](step) == pytest.approx(_expected_factor(step, total, described), abs=1e-12)
 
 
-def test_trainer_instantiates_for_cpu_debug_and_ddp(compose):
-    for option in ("cpu", "debug", "ddp"):
-        cfg = compose(f"trainer={option}", "trainer.accelerator=cpu", fast=False)
-        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-        assert trainer.max_epochs >= 1
+@pytest.mark.parametrize("option", _options("logger"))
+def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path):
+    import yaml
+
+    from sparsetrain.app import build_loggers
+
+    described = yaml.safe_load((CONF / "logger" / f"{option}.yaml").read_text())
+    loggers = build_loggers(compose(f"logger={option}", fast=False), tmp_path)
+    assert type(loggers[0]) is CSVLogger and Path(loggers[0].log_dir) == tmp_path / "csv"  # always written
+    if described["wandb"] is None:
+        assert len(loggers) == 1
+    else:
+        (wandb,) = loggers[1:]
+        assert type(wandb) is WandbLogger
+        assert wandb._project == described["wandb"]["project"]
+        assert wandb._offline  # no API key in the tests: never online
+        assert Path(wandb.save_dir) == tmp_path
+
+
+LAUNCHERS = {
+    "joblib_local": ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}),
+    "slurm": (
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        {"timeout_min": 240, "gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "nodes": 1},
+    ),
+}
+
+
+def test_sweep_launchers_compose_into_their_hydra_launcher_with_the_yaml_settings():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.plugins.launcher import Launcher
+    from hydra.utils import get_class
+
+    assert set(_options("hydra/launcher")) == set(LAUNCHERS)
+    for option, (target, settings) in LAUNCHERS.items():
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = hydra_compose("train", overrides=[f"hydra/launcher={option}"], return_hydra_config=True)
+        launcher = cfg.hydra.launcher
+        assert launcher._target_ == target and issubclass(get_class(target), Launcher)
+        assert {k: launcher[k] for k in settings} == settings
+    GlobalHydra.instance().clear()
+
+
+TRAINERS = {  # option: what the instantiated Trainer must hold (beyond the defaults of trainer/default.yaml)
+    "cpu": {"max_epochs": 3, "num_devices": 1, "strategy": SingleDeviceStrategy, "limit_train_batches": 1.0},
+    "debug": {
+        "max_epochs": 1,
+        "limit_train_batches": 5,
+        "limit_val_batches": 2,
+        "limit_test_batches": 2,
+        "log_every_n_steps": 1,
+        "strategy": SingleDeviceStrategy,
+    },
+    "ddp": {"max_epochs": 3, "num_devices": 2, "strategy": DDPStrategy, "sync_batchnorm": True},
+}
+
+
+@pytest.mark.parametrize("option", sorted(TRAINERS))
+def test_trainer_yaml_instantiates_a_trainer_with_its_settings(compose, option):
+    cfg = compose(f"trainer={option}", "trainer.accelerator=cpu", fast=False)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    expected = dict(TRAINERS[option])
+    assert type(trainer.strategy) is expected.pop("strategy")
+    if expected.pop("sync_batchnorm", False):
+        assert trainer.strategy._layer_sync is not None  # BN statistics synchronised across processes
+    for key, value in expected.items():
+        assert getattr(trainer, key) == value, key
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator" and trainer.precision == "32-true"
+    assert trainer.num_sanity_val_steps == 0 and trainer.max_steps == -1
+
+
+def test_gpu_trainer_yaml_asks_for_a_gpu_in_bf16_mixed():
+    import yaml
+
+    assert _options("trainer") == sorted([*TRAINERS, "default", "gpu"])
+    gpu = yaml.safe_load((CONF / "trainer" / "gpu.yaml").read_text())
+    assert gpu == {"defaults": ["default"], "accelerator": "gpu", "precision": "bf16-mixed", "benchmark": True}

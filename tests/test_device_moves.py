@@ -33,6 +33,7 @@ CASES = {
     "rigl": {"update_every": 2},
     "set": {"update_every": 2},
     "pdp": {"threshold_every": 1},
+    "bip": {"warmup": 0.25, "finetune": 0.25},
 }
 GRANULARITIES = {"unstructured": {"sparsity": 0.5}, "nm": {"granularity": "nm"}, "channel": {"sparsity": 0.5}}
 REGROWING = {"granet", "rigl", "set"}  # no channel granularity (regrowth is per weight)
@@ -40,6 +41,22 @@ REGROWING = {"granet", "rigl", "set"}  # no channel granularity (regrowth is per
 
 def matrix() -> list[tuple[str, str]]:
     return [(k, g) for k in CASES for g in GRANULARITIES if not (g == "channel" and k in REGROWING)]
+
+
+# The default suite runs every pruner unstructured and every granularity with GMP and PDP; the rest of the
+# matrix is marked slow (`make test-all`).
+DEFAULT_CELLS = {(k, "unstructured") for k in CASES} | {(k, g) for k in ("gmp", "pdp") for g in ("nm", "channel")}
+
+
+def cells(known: dict | None = None) -> list:
+    """`matrix()` as pytest params: cells outside DEFAULT_CELLS marked slow, known bugs marked strict xfail."""
+    out = []
+    for k, g in matrix():
+        marks = [] if (k, g) in DEFAULT_CELLS else [pytest.mark.slow]
+        if known and (k, g) in known:
+            marks.append(pytest.mark.xfail(strict=True, reason=known[(k, g)]))
+        out.append(pytest.param(k, g, marks=marks, id=f"{k}-{g}"))
+    return out
 
 
 def make_pruner(key: str, granularity: str):
@@ -159,7 +176,7 @@ def assert_target_reached(pruner, masks: dict[str, torch.Tensor], granularity: s
         assert abs(active / total - 0.5) < 0.15, active / total
 
 
-@pytest.mark.parametrize(("key", "granularity"), matrix())
+@pytest.mark.parametrize(("key", "granularity"), cells())
 def test_masks_the_model_holds_are_the_decided_ones_after_buffers_were_replaced(key, granularity):
     pruner = make_pruner(key, granularity)
     mover = ReplaceBuffers(at_step=1)
@@ -178,7 +195,7 @@ def test_masks_the_model_holds_are_the_decided_ones_after_buffers_were_replaced(
     assert cb.summary["sparsity"] == pytest.approx(pruner.global_sparsity())
 
 
-@pytest.mark.parametrize(("key", "granularity"), matrix())
+@pytest.mark.parametrize(("key", "granularity"), cells())
 def test_finalize_after_teardown_replaced_every_buffer(key, granularity):
     pruner = make_pruner(key, granularity)
     cb = SparsityCallback(pruner)
@@ -254,7 +271,7 @@ def bf16_supported() -> bool:
 
 
 @pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 autocast")
-@pytest.mark.parametrize(("key", "granularity"), matrix())
+@pytest.mark.parametrize(("key", "granularity"), cells())
 @pytest.mark.parametrize("layout", ["bf16-mixed", "channels_last"])
 def test_bf16_mixed_and_channels_last_reach_the_target_with_masked_weights_exactly_zero(key, granularity, layout):
     pruner = make_pruner(key, granularity)
@@ -299,22 +316,10 @@ def fit_with_checkpoints(pruner, ckpt_dir, *callbacks: pl.Callback, ckpt_path=No
     return module
 
 
-KNOWN_RESUME_BUGS = {
-    ("imp", g): "IMP resumed after an epoch replays a batch (the loop restarts after the fit was extended)"
-    for g in GRANULARITIES
-}
+KNOWN_RESUME_BUGS: dict[tuple[str, str], str] = {}  # cells expected to fail (strict xfail), with the reason
 
 
-def resume_matrix() -> list:
-    return [
-        pytest.param(k, g, marks=pytest.mark.xfail(strict=True, reason=KNOWN_RESUME_BUGS[(k, g)]))
-        if (k, g) in KNOWN_RESUME_BUGS
-        else (k, g)
-        for k, g in matrix()
-    ]
-
-
-@pytest.mark.parametrize(("key", "granularity"), resume_matrix())
+@pytest.mark.parametrize(("key", "granularity"), cells(KNOWN_RESUME_BUGS))
 def test_resume_into_a_moved_model_equals_the_uninterrupted_run(key, granularity, tmp_path):
     full = fit_with_checkpoints(make_pruner(key, granularity), tmp_path / "full")
     fit_with_checkpoints(make_pruner(key, granularity), tmp_path / "killed", StopAfterFirstEpoch())

@@ -58,8 +58,30 @@ def batches(n: int, shape: tuple[int, ...], classes: int = 4, seed: int = 0, bat
     return out
 
 
-def train_plain(model: nn.Module, pruner, optimizer: torch.optim.Optimizer, data, steps: int) -> list[float]:
-    """Drive a pruner from a hand-written loop, the way the callback does."""
+def revived(pruner) -> dict[str, int]:
+    """Masked weights that are not exactly zero, per parameter FQN (empty while a soft mask is not enforced).
+
+    Call it right after `optimizer.step()` and before `pruner.after_optimizer_step` re-masks: that is where a
+    gradient or an optimizer state that was not masked shows, before the re-masking hides it.
+    """
+    if not pruner.masks_weights:
+        return {}
+    out = {}
+    for fqn, mask in pruner.masks.masks.items():
+        n = int(torch.count_nonzero(pruner.masks.params[fqn].detach()[mask == 0]))
+        if n:
+            out[fqn] = n
+    return out
+
+
+def train_plain(
+    model: nn.Module, pruner, optimizer: torch.optim.Optimizer, data, steps: int, *, check_zero: bool = False
+) -> list[float]:
+    """Drive a pruner from a hand-written loop, the way the callback does.
+
+    With `check_zero`, fail as soon as an optimizer step moved a masked weight off zero (seen before the
+    pruner re-masks the weights).
+    """
     losses = []
     pruner.on_fit_start(optimizer, [])
     for step in range(steps):
@@ -70,6 +92,9 @@ def train_plain(model: nn.Module, pruner, optimizer: torch.optim.Optimizer, data
         loss.backward()
         pruner.before_optimizer_step(step, optimizer)
         optimizer.step()
+        if check_zero:
+            moved = revived(pruner)
+            assert not moved, f"step {step}: the optimizer step moved masked weights off zero: {moved}"
         pruner.after_optimizer_step(step, optimizer)
         losses.append(float(loss.detach()))
     return losses
