@@ -25,6 +25,8 @@ _EXPORTS = {
     "RigL": "sparsetrain.pruners",
     "SET": "sparsetrain.pruners",
     "PDP": "sparsetrain.pruners",
+    "load_exported": "sparsetrain.export",
+    "export_network": "sparsetrain.export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -19,9 +19,10 @@ from pytorch_lightning.loggers import CSVLogger
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
 from sparsetrain.config import validate
-from sparsetrain.export import save_network
+from sparsetrain.export import export_network
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
+from sparsetrain.restore import run_arch
 from sparsetrain.targets import select_targets
 
 log = logging.getLogger("sparsetrain")
@@ -202,16 +203,12 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         if cfg.get("export", True):
-            save_network(
+            export_network(
                 network,
-                run_dir,
-                {
-                    "source": cfg.model.source,
-                    "name": cfg.model.name,
-                    "in_chans": dm.in_chans,
-                    "num_classes": dm.num_classes,
-                    "image_size": dm.image_size,
-                },
+                run_dir / "export",
+                input_shape=(dm.in_chans, dm.image_size, dm.image_size),
+                arch=run_arch(cfg, dm),
+                info={"pruner": results["pruner"], "granularity": (results["pruner_config"] or {}).get("granularity")},
             )
         dense = results["dense_test_acc"]
         log.info(

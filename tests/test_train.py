@@ -88,7 +88,7 @@ def test_sparse_run_reports_mask_sparsity_flops_and_exports_plain_weights(compos
     assert r["flops_sparse"] < r["flops_dense"]
     for layer in r["layers"].values():
         assert layer["flops_sparse"] == round(layer["flops_dense"] * layer["density"])
-    state = load_file(str(Path(cfg.output_dir) / "model.safetensors"))
+    state = load_file(str(Path(cfg.output_dir) / "export" / "model.safetensors"))
     plain = build_model("builtin", "lenet5", in_chans=1, num_classes=10, image_size=16)
     plain.load_state_dict(state, strict=True)  # finalized: no mask buffers, loads into the plain architecture
     conv2 = plain.conv2.weight
@@ -155,8 +155,8 @@ def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
     assert a["steps"] == b["steps"]
     assert a["test_acc"] == b["test_acc"]
     assert a["sparsity"] == b["sparsity"]
-    wa = load_file(str(Path(full.output_dir) / "model.safetensors"))
-    wb = load_file(str(Path(resumed.output_dir) / "model.safetensors"))
+    wa = load_file(str(Path(full.output_dir) / "export" / "model.safetensors"))
+    wb = load_file(str(Path(resumed.output_dir) / "export" / "model.safetensors"))
     for k in wa:
         assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
         assert torch.allclose(wa[k], wb[k], atol=1e-6), f"weights differ in {k}"

@@ -27,7 +27,7 @@ def check_run(run_dir: Path) -> dict:
         sparsity=results.get("sparsity"),
         test_acc=results.get("test_acc"),
         steps=results.get("steps"),
-        exported=(run_dir / "model.safetensors").exists() and (run_dir / "model.json").exists(),
+        exported=(run_dir / "export" / "model.safetensors").exists() and (run_dir / "export" / "model.json").exists(),
     )
     if config.get("granularity") == "channel":  # target is a fraction of channels; weights zeroed differ
         reached = out["sparsity"] is not None and out["sparsity"] > 0
