@@ -104,7 +104,7 @@ def check_resume(ckpt_path: str, pruner_key: str | None) -> None:
     """
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    wrote = pruner_in_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True))
+    wrote = pruner_in_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True))
     if wrote != pruner_key:
         raise ValueError(
             f"ckpt_path was written by a run with {f'+pruner={wrote}' if wrote else 'no pruner'}, but this run has "
