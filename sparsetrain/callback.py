@@ -236,6 +236,8 @@ class SparsityCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hook()  # also when fit ended with an exception
+        if pl_module.__dict__.pop("_sparsetrain_penalty", False):
+            pl_module.__dict__.pop("training_step", None)  # the module's own training_step again
 
     def _remove_hook(self) -> None:
         if self._hook is not None:

@@ -127,7 +127,8 @@ class Threshold(Pruner):
 
 def test_a_loss_term_and_owned_parameters_pass_through_the_callback():
     pruner = Threshold(sparsity=0.5, update_every=2)
-    fit(SparsityCallback(pruner))
+    module = fit(SparsityCallback(pruner))
+    assert "training_step" not in module.__dict__  # the module's own training_step again after fit
     assert pruner.steps == 12
     assert 2.0 < float(pruner.t) < 3.0  # 12 steps of SGD on (t - 3)^2 from 1.0: 1 + 2·(1 − 0.8^12) ≈ 2.86
 
