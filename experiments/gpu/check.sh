@@ -58,6 +58,7 @@ declare -A RUNS=(
   [set]="+pruner=set pruner.sparsity=0.9 pruner.update_every=5"
   [pdp]="+pruner=pdp pruner.sparsity=0.9"
   [pdp_nm]="+pruner=pdp pruner.granularity=nm"
+  [bip]="+pruner=bip pruner.sparsity=0.9"
 )
 for name in $(printf '%s\n' "${!RUNS[@]}" | sort); do
   echo "=== $name: ${RUNS[$name]}" >> "$RESULTS_DIR/runs.log"
