@@ -48,6 +48,25 @@ class MaskLog(pl.Callback):
         Path(f"{self.path}.rank{trainer.global_rank}").write_text(json.dumps(self.rows))
 
 
+def fit_on_two_ranks(tmp_path, callbacks: list[pl.Callback]) -> None:
+    """One epoch of ResNetTiny on fake data, 2 CPU processes on gloo (`ddp_spawn`)."""
+    dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
+    module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, datamodule=dm)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
@@ -62,21 +81,7 @@ class MaskLog(pl.Callback):
 def test_masks_identical_on_every_rank(tmp_path, make):
     cb = NoBroadcast(make())
     log = MaskLog(str(tmp_path / "masks"), cb)
-    dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
-    module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[cb, log],
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, datamodule=dm)
+    fit_on_two_ranks(tmp_path, [cb, log])
     ranks = [json.loads(Path(f"{tmp_path / 'masks'}.rank{r}").read_text()) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) > 5
     assert ranks[0] == ranks[1]
@@ -88,20 +93,6 @@ def test_the_rank_zero_broadcast_runs_through_lightnings_strategy(tmp_path):
     """With the broadcast on (the default), events go through `trainer.strategy.broadcast` under gloo."""
     cb = SparsityCallback(GMP(sparsity=0.8, update_every=2, end=0.8))
     log = MaskLog(str(tmp_path / "masks"), cb)
-    dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
-    module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[cb, log],
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, datamodule=dm)
+    fit_on_two_ranks(tmp_path, [cb, log])
     ranks = [json.loads(Path(f"{tmp_path / 'masks'}.rank{r}").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1] and len(set(ranks[0])) > 2

@@ -18,11 +18,9 @@ import pytest
 import pytorch_lightning as pl
 
 from sparsetrain import SparsityCallback
-from sparsetrain.data import FakeDataModule
-from sparsetrain.module import ClassificationModule
 from sparsetrain.pruners import SET, GraNet, list_pruners
-from tests.helpers.nets import ResNetTiny
-from tests.test_device_moves import StopAfterFirstEpoch, ZeroAfterStep, fit_with_checkpoints
+from tests.test_ddp import fit_on_two_ranks
+from tests.test_device_moves import CASES, StopAfterFirstEpoch, ZeroAfterStep, fit_with_checkpoints
 
 
 class Steps(pl.Callback):
@@ -35,15 +33,7 @@ class Steps(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
-PRUNERS = {
-    "magnitude": {"begin": 0.5},
-    "gmp": {"update_every": 2},
-    "imp": {"rounds": 2},
-    "granet": {"update_every": 2},
-    "rigl": {"update_every": 2},
-    "set": {"update_every": 2},
-    "pdp": {"threshold_every": 1},
-}
+PRUNERS = {k: v for k, v in CASES.items() if k != "bip"}  # the device matrix's budgets
 
 
 @pytest.mark.parametrize("key", sorted(PRUNERS))
@@ -91,21 +81,7 @@ class ZeroAfterStepLog(pl.Callback):
 def test_masked_weights_stay_zero_after_every_step_on_every_rank_with_the_broadcast(tmp_path, make):
     cb = SparsityCallback(make())  # the real callback: rank 0's masks broadcast at every update event
     check = ZeroAfterStepLog(str(tmp_path / "zero"), cb)
-    dm = FakeDataModule(num_samples=160, num_test=16, in_chans=3, image_size=8, num_classes=4, batch_size=8)
-    module = ClassificationModule(ResNetTiny(), 4, {"name": "sgd", "lr": 0.05}, example_input_shape=(3, 8, 8))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[check, cb],
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, datamodule=dm)
+    fit_on_two_ranks(tmp_path, [check, cb])
     ranks = [json.loads(Path(f"{tmp_path / 'zero'}.rank{r}").read_text()) for r in (0, 1)]
     for rank in ranks:
         assert rank["events"] > 3
