@@ -1,32 +1,58 @@
-"""Train a (sparse) classifier: `python train.py +pruner=granet`. Hydra composes `conf/train.yaml`."""
+"""Train a (sparse) classifier: `python train.py +pruner=granet`. Hydra composes `conf/train.yaml`.
+
+`python train.py --help` lists the pruners and their keys. A configuration mistake, Hydra's included, ends in
+one line `error: ...` and exit code 2, before any model or data is built and before a run directory is created.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+import sparsetrain.config  # noqa: F401  (resolvers: `sparsity_default` for --cfg/--resolve, the pruner list for --help)
+from sparsetrain.errors import EXIT_CODE, one_line_error
+
 log = logging.getLogger("sparsetrain")
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Run one job; returns the final validation accuracy so Hydra sweepers can optimise it."""
-    from sparsetrain.app import run
-    from sparsetrain.errors import one_line_error
-
     try:
+        from sparsetrain.config import check_run
+
+        check_run(cfg, CONF)  # again inside the job: sweepers other than the basic one choose jobs late
+        from sparsetrain.app import run
+
         return run(cfg)
     except Exception as e:  # user errors become one line; anything else keeps its traceback
-        message = one_line_error(e)
+        message = one_line_error(e, CONF)
         if message is None or os.environ.get("SPARSETRAIN_DEBUG"):
             raise
         log.error("error: %s", message)
-        sys.exit(2)
+        sys.exit(EXIT_CODE)
+
+
+def cli() -> None:
+    """Check the command line (one line and exit 2 on a mistake), then hand it to Hydra."""
+    from sparsetrain.config import check_command_line
+
+    try:
+        sys.argv = check_command_line(sys.argv, CONF)
+    except Exception as e:
+        message = one_line_error(e, CONF)
+        if message is None or os.environ.get("SPARSETRAIN_DEBUG"):
+            raise
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(EXIT_CODE)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import string
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
@@ -22,11 +25,15 @@ from sparsetrain.config import validate
 from sparsetrain.export import export_network
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
+from sparsetrain.plots import plot_run_safely
+from sparsetrain.quiet import quiet, quiet_wandb
 from sparsetrain.restore import run_arch
+from sparsetrain.slim import ChannelRemoval
 from sparsetrain.targets import select_targets
 
 log = logging.getLogger("sparsetrain")
 DENSE_REFERENCE = Path(__file__).resolve().parent.parent / "experiments" / "dense_reference.json"
+WANDB_ID_FILE = "wandb_id.txt"  # in the run directory: a run resumed from its checkpoint continues this W&B run
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -53,23 +60,86 @@ def wandb_mode() -> str:
     return "offline"
 
 
+def hydra_job() -> tuple[str | None, list[str]]:
+    """`(sweep group, this job's overrides)` from Hydra; `(None, [])` outside Hydra.
+
+    The group is the sweep directory's last two parts (`2024-01-01/12-00-00`) in a multirun, None in a single run.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return None, []
+    group = "/".join(Path(str(hc.sweep.dir)).parts[-2:]) if hc.mode == RunMode.MULTIRUN else None
+    return group, [str(o) for o in hc.overrides.task]
+
+
+def wandb_run_id(run_dir: Path, ckpt_path: str | None) -> tuple[str, bool]:
+    """This run's W&B id and whether it continues an earlier run.
+
+    A run resumed from `ckpt_path` continues the W&B run of the run directory that holds the checkpoint
+    (`<run>/checkpoints/x.ckpt` -> `<run>/wandb_id.txt`), or of its own directory; any other run gets a new id.
+    Rank zero records the id in `run_dir/wandb_id.txt`.
+    """
+    found = None
+    if ckpt_path:
+        for d in (Path(ckpt_path).resolve().parent.parent, run_dir):
+            if (d / WANDB_ID_FILE).is_file():
+                found = (d / WANDB_ID_FILE).read_text().strip() or None
+                if found:
+                    break
+    alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
+    run_id = found or "".join(secrets.choice(alphabet) for _ in range(8))
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+    return run_id, found is not None
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """CSV always; W&B when configured (offline unless a key is set)."""
+    """CSV always; W&B when configured (offline unless a key is set).
+
+    The W&B run is this job's own: in a multirun sweep its `group` is the sweep and its name the job's overrides
+    (`logger.wandb.group`/`name` override both); resumed from a checkpoint, it continues the checkpoint's run.
+    """
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is not None and wandb_cfg.get("enabled", True):
-        from pytorch_lightning.loggers import WandbLogger
-
+        group, overrides = hydra_job()
+        run_id, resumed = wandb_run_id(run_dir, cfg.get("ckpt_path"))
         loggers.append(
-            WandbLogger(
-                project=wandb_cfg.get("project", "sparsetrain"),
-                name=wandb_cfg.get("name"),
-                save_dir=str(run_dir),
-                offline=wandb_mode() != "online",
-                config=OmegaConf.to_container(cfg, resolve=True),
+            quiet_wandb(
+                WandbLogger(
+                    project=wandb_cfg.get("project", "sparsetrain"),
+                    name=wandb_cfg.get("name") or " ".join(overrides) or None,
+                    group=wandb_cfg.get("group") or group,
+                    id=run_id,
+                    resume="allow" if resumed else None,
+                    save_dir=str(run_dir),
+                    offline=wandb_mode() != "online",
+                    config=OmegaConf.to_container(cfg, resolve=True),
+                )
             )
         )
     return loggers
+
+
+def finish_wandb(failed: bool) -> None:
+    """End this process's W&B run, so the next job of a sweep (same process) starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def short_budget(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Trainer arguments that follow a `max_steps` budget: a log interval of at most a tenth of it."""
+    max_steps = trainer_cfg.get("max_steps") or -1
+    every = trainer_cfg.get("log_every_n_steps") or 50
+    return {"log_every_n_steps": max(1, min(every, max_steps // 10))} if max_steps > 0 else {}
 
 
 def reference_key(model: str, data: str, epochs: Any, batch_size: Any, optim: str, lr: float) -> str:
@@ -144,8 +214,9 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         cfg: The composed config (`conf/train.yaml`).
         callbacks: Extra Lightning callbacks for this run.
     """
+    quiet()
     parts = prepare(cfg)
-    cfg, dm, network, pruner, module = (parts[k] for k in ("cfg", "datamodule", "network", "pruner", "module"))
+    cfg, pruner = parts["cfg"], parts["pruner"]
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     sparsity_cb = SparsityCallback(pruner) if pruner is not None else None
@@ -160,15 +231,36 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         callbacks.append(RichProgressBar())
     if sparsity_cb is not None:
         callbacks.append(sparsity_cb)
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, pruner.key if pruner is not None else None)
+    loggers = build_loggers(cfg, run_dir)
+    try:
+        val_acc = _fit_and_report(cfg, parts, run_dir, callbacks, sparsity_cb, loggers)
+    except BaseException:
+        finish_wandb(failed=True)
+        raise
+    finish_wandb(failed=False)
+    return val_acc
+
+
+def _fit_and_report(
+    cfg: DictConfig,
+    parts: dict[str, Any],
+    run_dir: Path,
+    callbacks: list[pl.Callback],
+    sparsity_cb: SparsityCallback | None,
+    loggers: list,
+) -> float:
+    """The body of `run` once its loggers exist: fit, finalize, test, results.json, export, plots."""
+    dm, network, pruner, module = (parts[k] for k in ("datamodule", "network", "pruner", "module"))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
-        logger=build_loggers(cfg, run_dir),
+        logger=loggers,
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.get("progress_bar", True),
+        **short_budget(cfg.trainer),
     )
-    if cfg.get("ckpt_path"):
-        check_resume(cfg.ckpt_path, pruner.key if pruner is not None else None)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     train_time = time.perf_counter() - start
@@ -193,6 +285,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         "val_acc": float(val_acc) if val_acc is not None else None,
         "dense_test_acc": dense_reference(cfg, dm.name, extended),
         **{k: summary[k] for k in ("sparsity", "params_total", "params_nonzero", "flops_dense", "flops_sparse")},
+        "channel_sparsity": summary.get("channel_sparsity"),  # fraction of channels removed (channel runs)
         "train_time_s": round(train_time, 2),
         "steps": int(trainer.global_step),
         "max_epochs": cfg.trainer.get("max_epochs"),
@@ -209,12 +302,23 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
                 input_shape=(dm.in_chans, dm.image_size, dm.image_size),
                 arch=run_arch(cfg, dm),
                 info={"pruner": results["pruner"], "granularity": (results["pruner_config"] or {}).get("granularity")},
+                removed=[ChannelRemoval.from_json(r) for r in results.get("removed_channels", [])],
+                dense_counts=(results["params_total"], results["flops_dense"])
+                if results.get("removed_channels")
+                else None,
             )
-        dense = results["dense_test_acc"]
+        if cfg.get("plots", True):
+            plot_run_safely(run_dir)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                logger.experiment.summary.update(scalars)
+        dense, channels = results["dense_test_acc"], results["channel_sparsity"]
         log.info(
-            "done: test_acc=%s sparsity=%.4f flops_ratio=%.3f steps=%d train_time=%.0fs%s -> %s",
+            "done: test_acc=%s sparsity=%.4f%s flops_ratio=%.3f steps=%d train_time=%.0fs%s -> %s",
             f"{test_acc:.4f}" if test_acc is not None else "n/a",
             results["sparsity"],
+            f" channel_sparsity={channels:.4f}" if channels is not None else "",
             results["flops_sparse"] / max(1, results["flops_dense"]),
             results["steps"],
             train_time,

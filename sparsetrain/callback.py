@@ -103,11 +103,12 @@ class SparsityCallback(pl.Callback):
         self._example = example_input(trainer, pl_module)
         self.pruner.attach(self.network, total, self._example)
         self._add_penalty(pl_module)
+        self._before_model_load(pl_module)
         if self.pruner.skipped:
             rank_zero_warn(f"sparsetrain: layers left dense ({self.pruner.granularity}): {self.pruner.skipped}")
         rank_zero_info(
             f"sparsetrain: {type(self.pruner).__name__} on {len(self.pruner.targets)} layers, "
-            f"target sparsity {self.pruner.sparsity:g}, {total} optimizer steps"
+            f"{self.pruner.target_text()}, {total} optimizer steps"
         )
 
     def _add_penalty(self, pl_module: pl.LightningModule) -> None:
@@ -128,6 +129,23 @@ class SparsityCallback(pl.Callback):
 
         pl_module.training_step = training_step
         pl_module._sparsetrain_penalty = True
+
+    def _before_model_load(self, pl_module: pl.LightningModule) -> None:
+        """Show the pruner a resumed checkpoint's state before its weights load (Lightning calls the module's
+        `on_load_checkpoint` first, callbacks only after the weights): a method that changed the architecture
+        (a slimmed network) rebuilds it so the weights fit."""
+        if type(self.pruner).before_model_load is Pruner.before_model_load:
+            return
+        hook, pruner, key = pl_module.on_load_checkpoint, self.pruner, self.state_key
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            state = checkpoint.get("callbacks", {}).get(key)
+            if state is not None:
+                pruner.before_model_load(state["pruner"])
+            hook(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint
+        pl_module._sparsetrain_load_hook = True
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -194,7 +212,7 @@ class SparsityCallback(pl.Callback):
         metrics = self.pruner.before_optimizer_step(trainer.global_step, optimizer)
         if metrics:
             self._sync_masks(trainer)
-            metrics.update(self.metrics())
+            metrics = {**self.metrics(), **metrics}  # a method's own values win over the generic ones
             self._warn_dead_layers()
             if trainer.is_global_zero:  # straight to the loggers: an event's values at its own step, never throttled
                 for logger in trainer.loggers:
@@ -238,6 +256,8 @@ class SparsityCallback(pl.Callback):
         self._remove_hook()  # also when fit ended with an exception
         if pl_module.__dict__.pop("_sparsetrain_penalty", False):
             pl_module.__dict__.pop("training_step", None)  # the module's own training_step again
+        if pl_module.__dict__.pop("_sparsetrain_load_hook", False):
+            pl_module.__dict__.pop("on_load_checkpoint", None)
 
     def _remove_hook(self) -> None:
         if self._hook is not None:
@@ -269,10 +289,14 @@ class SparsityCallback(pl.Callback):
         return out
 
     def report(self) -> dict[str, Any]:
-        """Accounting for results.json, from the masks (call before `finalize`)."""
-        if self.flops is None or self.pruner.masks is None or not self.pruner.masks.masks:
-            return self.summary or {}
-        out = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
+        """Accounting for results.json, from the masks (call before `finalize`) or the pruner's own."""
+        out = self.pruner.accounting(self._example)
+        if out is None:
+            if self.flops is None or self.pruner.masks is None or not self.pruner.masks.masks:
+                return self.summary or {}
+            out = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
+            if self.pruner.granularity == "channel":
+                out["channel_sparsity"] = self.pruner.granularity_strategy.channel_sparsity(self.pruner.masks)
         out["pruner_state"] = self.pruner.report()
         return out
 

@@ -1,19 +1,31 @@
-"""Structured-config schemas: typed, range-checked settings, so bad values fail before any training.
+"""Checking a run's configuration before anything is built: typed, range-checked settings in one line each.
 
-Hydra composes the YAML files under `conf/`; `validate` merges the parts that have a schema into their
-dataclass (wrong types and unknown keys fail there) and checks ranges, raising `ConfigError` with one line.
-Pruner keys are validated by the pruner constructors themselves (they are the single source of truth).
+Hydra composes the YAML files under `conf/`. `validate` checks what needs no torch (the optimizer and model
+schemas, seed, the trainer's budget, accelerator and devices, data settings and files, the pruner keys every
+method shares), so most mistakes are reported within a second. `check_run` adds what needs torch or a model
+registry: the pruner's own constructor (the single source of truth for its keys), whether the accelerator
+exists, and whether a timm/torchvision model name is known. `check_command_line` does all of it for the
+command line of `train.py`, before Hydra creates a run directory, so a bad configuration writes nothing.
 """
 
 from __future__ import annotations
 
+import glob
+import inspect
+import os
+import sys
+import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsetrain.pruner_keys import default_sparsity  # noqa: F401  (registers the `sparsity_default` resolver)
+from sparsetrain.errors import suggest
+from sparsetrain.pruner_keys import SharedKeys, check_fraction, default_sparsity  # noqa: F401  (resolver)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -52,6 +64,26 @@ _CHOICES = {
     ("optim", "schedule"): ("cosine", "multistep", "constant"),
     ("model", "source"): ("builtin", "timm", "torchvision"),
 }
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = (
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)  # Lightning's accepted values (ints 16, 32, 64 too); tests/test_bad_config.py compares them with Lightning's
+DATA_FOLDERS = {  # data module class -> (name, folders its `root` must hold unless it downloads), as its locate()
+    "CIFAR10DataModule": ("cifar10", ("cifar-10-batches-py",)),
+    "CIFAR100DataModule": ("cifar100", ("cifar-100-python",)),
+    "ImageNetDataModule": ("imagenet", ("train", "val")),
+}
 
 
 def _merge(schema: type, node: DictConfig, group: str) -> DictConfig:
@@ -62,8 +94,19 @@ def _merge(schema: type, node: DictConfig, group: str) -> DictConfig:
         raise ConfigError(f"invalid {group} config: {msg}") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _get(node: DictConfig, key: str, default: Any, group: str) -> Any:
+    """`node.key` resolved, `default` when absent; a value left `???` is an error naming `group.key`."""
+    if OmegaConf.is_missing(node, key):  # before `in`, which is False for a ??? value
+        raise ConfigError(f"{group}.{key} is required (it is ???)")
+    return node.get(key, default)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
-    """Check the composed config; returns it with schema defaults filled in.
+    """Check the composed config without torch; returns it with schema defaults filled in.
 
     Raises:
         ConfigError: naming the key, the bad value and what is allowed.
@@ -89,6 +132,423 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"optim.milestones are fractions of all optimizer steps in (0, 1), got {list(o.milestones)}")
     if not 0 <= cfg.get("label_smoothing", 0.0) < 1:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if not isinstance(cfg.get("seed", 0), int):
+    if not _is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    if cfg.get("trainer") is not None:
+        _check_trainer(cfg.trainer)
+    if cfg.get("data") is not None:
+        _check_data(cfg.data)
+    if cfg.get("pruner") is not None:
+        _check_shared_pruner_keys(cfg.pruner)
     return cfg
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+def requested_devices(devices: Any) -> int | None:
+    """How many devices `trainer.devices` asks for: None for `auto`/-1 (all there are).
+
+    Raises:
+        ConfigError: not an integer >= 1, -1, `auto`, a list of device ids or a string of them ("0,1").
+    """
+    if devices in ("auto", -1, "-1"):
+        return None
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            return int(parts[0]) if len(parts) == 1 and "," not in devices else len(parts)
+    elif isinstance(devices, (list, ListConfig)):
+        if len(devices) > 0 and all(_is_int(d) and d >= 0 for d in devices):
+            return len(devices)
+    elif _is_int(devices) and devices >= 1:
+        return devices
+    raise ConfigError(f"trainer.devices must be an integer >= 1, -1 or auto (or a list of device ids), got {devices!r}")
+
+
+def _check_trainer(t: DictConfig) -> None:
+    accelerator = _get(t, "accelerator", "auto", "trainer")
+    if isinstance(accelerator, str) and accelerator not in ACCELERATORS:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} is unknown: " + suggest(accelerator, ACCELERATORS, "allowed")
+        )
+    count = requested_devices(_get(t, "devices", "auto", "trainer"))
+    cpus = os.cpu_count() or 1
+    if accelerator == "cpu" and count is not None and count > cpus:
+        raise ConfigError(
+            f"trainer.devices={count} asks for {count} CPU processes but this machine has {cpus} CPU cores; "
+            f"use trainer.devices=1..{cpus}"
+        )
+    precision = _get(t, "precision", "32-true", "trainer")
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r} is unknown: " + suggest(str(precision), PRECISIONS, "allowed")
+        )
+    max_epochs, max_steps = _get(t, "max_epochs", None, "trainer"), _get(t, "max_steps", -1, "trainer")
+    for key, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
+        if value is not None and (not _is_int(value) or (value < 1 and value != -1)):
+            raise ConfigError(f"trainer.{key} must be an integer >= 1 (or -1: no limit), got {value!r}")
+    if max_epochs == -1 and max_steps in (None, -1) and not _get(t, "max_time", None, "trainer"):  # None: 1000
+        raise ConfigError(
+            "training needs a finite budget (pruning schedules are fractions of it): set trainer.max_epochs >= 1 "
+            "or trainer.max_steps >= 1"
+        )
+    accumulate = _get(t, "accumulate_grad_batches", 1, "trainer")
+    if not _is_int(accumulate) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
+    clip = _get(t, "gradient_clip_val", None, "trainer")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val must be null or a number >= 0, got {clip!r}")
+
+
+_GPU_NODES = ("/dev/nvidia*", "/dev/nvhost*", "/dev/nvmap", "/dev/dxg", "/dev/kfd", "/proc/driver/nvidia")
+
+
+def gpu_count(kind: str = "gpu") -> int:
+    """GPUs Lightning's accelerator `kind` (gpu: CUDA or Apple MPS; cuda; mps) can use on this machine.
+
+    On Linux, a machine with no GPU device node at all (NVIDIA, Jetson, WSL, ROCm) has none, which is known
+    without importing torch; otherwise torch is asked.
+    """
+    if sys.platform.startswith("linux") and not any(glob.glob(pattern) for pattern in _GPU_NODES):
+        return 0
+    import torch
+
+    cuda = torch.cuda.device_count() if kind in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 0
+    mps = 1 if kind in ("gpu", "mps", "auto") and not cuda and torch.backends.mps.is_available() else 0
+    return cuda or mps
+
+
+def check_accelerator(t: DictConfig) -> None:
+    """The accelerator and device count `trainer` asks for exist on this machine (see `gpu_count`)."""
+    accelerator = _get(t, "accelerator", "auto", "trainer")
+    count = requested_devices(_get(t, "devices", "auto", "trainer"))
+    if accelerator not in ("gpu", "cuda", "mps", "auto") or (accelerator == "auto" and (count or 1) <= 1):
+        return  # CPU counts are checked in `validate`; auto with one device always finds one
+    available = gpu_count(accelerator)
+    if accelerator == "auto" and available == 0:  # auto falls back to CPU processes
+        cpus = os.cpu_count() or 1
+        if count is not None and count > cpus:
+            raise ConfigError(
+                f"trainer.devices={count} with accelerator=auto: this machine has no GPU and {cpus} CPU cores; "
+                f"use trainer.devices=1..{cpus}"
+            )
+        return
+    if available == 0:
+        kind = {"mps": "Apple MPS device", "cuda": "CUDA GPU"}.get(accelerator, "GPU (CUDA or MPS)")
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no {kind}; use trainer.accelerator=cpu or auto"
+        )
+    if count is not None and count > available:
+        raise ConfigError(
+            f"trainer.devices={count} but this machine has {available} GPU{'s' if available > 1 else ''}; "
+            f"use trainer.devices=1..{available} or -1 (all)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ data
+_DATA_KEYS = (
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("eval_batch_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    ("val_fraction", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "in [0, 1)"),
+    ("num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("image_size", lambda v: v is None or (_is_int(v) and v >= 4), "null or an integer >= 4"),
+)
+
+
+def _check_data(d: DictConfig) -> None:
+    for key, ok, allowed in _DATA_KEYS:
+        if key in d and not ok(_get(d, key, None, "data")):
+            raise ConfigError(f"data.{key} must be {allowed}, got {d[key]!r}")
+    target = str(d.get("_target_", "")).rpartition(".")[2]
+    if target not in DATA_FOLDERS or d.get("download", False):
+        return
+    name, folders = DATA_FOLDERS[target]
+    if OmegaConf.is_missing(d, "root"):
+        raise ConfigError(f"data.root is required for {name}: the folder holding {' and '.join(folders)}")
+    root = Path(str(d.get("root", ".")))
+    for folder in folders:
+        if (root / folder).is_dir():
+            continue
+        if name == "imagenet":
+            raise ConfigError(
+                f"ImageNet folder {root / folder} not found: expected {root}/train/<class>/*.JPEG and "
+                f"{root}/val/<class>/*.JPEG (set data.root)"
+            )
+        raise ConfigError(
+            f"{name} not found: expected {root / folder} (torchvision's format); set data.download=true on a "
+            f"networked machine or extract the archive into {root}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ pruner
+def _check_shared_pruner_keys(p: DictConfig) -> None:
+    """The keys every pruner shares, checked by `SharedKeys` itself (no torch); method keys wait for `check_run`."""
+    names = [k for k in inspect.signature(SharedKeys.__init__).parameters if k != "self"]
+    given = {k: _get(p, k, None, "pruner") for k in names if k in p}
+    given = {k: (list(v) if isinstance(v, ListConfig) else v) for k, v in given.items() if v is not None}
+    if given.get("granularity", "unstructured") != "nm":
+        given.setdefault("sparsity", 0.0)  # a method whose target is another key (a FLOPs budget) leaves it null
+    if not ("begin" in given and "end" in given):  # a method's own default for the other one is unknown here
+        for key in ("begin", "end"):
+            if key in given:
+                check_fraction(given.pop(key), key)
+    try:
+        SharedKeys(**given)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    ratio = _get(p, "max_flops_ratio", None, "pruner")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1):
+        raise ConfigError(f"pruner.max_flops_ratio must be in (0, 1] (final FLOPs / dense FLOPs), got {ratio!r}")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def builtin_models(conf_dir: Path = CONF_DIR) -> list[str]:
+    """Names of the built-in models, from `conf/model/*.yaml` with `source: builtin` (no model import)."""
+    names = []
+    for path in sorted((conf_dir / "model").glob("*.yaml")):
+        model = OmegaConf.load(path).get("model") or {}
+        if model.get("source") == "builtin":
+            names.append(str(model.get("name")))
+    return names
+
+
+def _check_model_name(model: DictConfig, conf_dir: Path) -> None:
+    source, name = model.source, str(model.name)
+    if source == "builtin":
+        known = builtin_models(conf_dir)
+        if known and name not in known:
+            raise ConfigError(
+                f"unknown builtin model {name!r} (model.name): "
+                + suggest(name, known, "builtins")
+                + "; for timm or torchvision models use model=timm or model=torchvision"
+            )
+        return
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown timm model {name!r} (model.name): " + _closest(name, timm.list_models()))
+    else:
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if name not in names:
+            raise ConfigError(f"unknown torchvision model {name!r} (model.name): " + _closest(name, names))
+
+
+def _closest(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    return f"closest: {', '.join(close)}" if close else "no close name (see the model list of that library)"
+
+
+def _check_top_level(cfg: DictConfig, conf_dir: Path) -> None:
+    """A key no config file declares (`+prunr=gmp`) is a typo, not a setting."""
+    declared = OmegaConf.load(conf_dir / "train.yaml")
+    known = {str(k) for k in declared if k not in ("defaults", "hydra")}
+    known |= {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name not in ("hydra", "pruner_shared")}
+    for key in cfg:
+        if str(key) not in known and str(key) != "hydra":
+            raise ConfigError(
+                f"unknown top-level key {key!r}: " + suggest(str(key), sorted(known), "known keys and groups")
+            )
+
+
+def _light_checks(cfg: DictConfig, conf_dir: Path | None) -> None:
+    if conf_dir is not None:
+        _check_top_level(cfg, conf_dir)
+    validate(cfg.copy())
+
+
+def check_run(cfg: DictConfig, conf_dir: Path | None = CONF_DIR) -> DictConfig:
+    """Everything `validate` checks, then what needs torch or a model registry; builds no model and no data.
+
+    The pruner is constructed (its constructor validates its own keys and refuses granularities it does not
+    support) and thrown away; the accelerator is looked up; timm/torchvision names are looked up in their
+    registries. Cheap checks come first, so the common mistakes cost no torch import.
+    """
+    if conf_dir is not None:
+        _check_top_level(cfg, conf_dir)
+    cfg = validate(cfg)
+    if conf_dir is not None and cfg.model.source == "builtin":
+        _check_model_name(cfg.model, conf_dir)
+    if cfg.get("trainer") is not None:
+        check_accelerator(cfg.trainer)
+    if cfg.get("pruner") is not None:
+        from hydra.utils import instantiate
+
+        instantiate(cfg.pruner)  # the constructor raises ValueError naming the key and the allowed values
+    if cfg.model.source != "builtin":
+        _check_model_name(cfg.model, conf_dir or CONF_DIR)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+MAX_SWEEP_JOBS_CHECKED = 256
+
+
+def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job `overrides` describes (one job without -m; the basic sweeper's grid with it)."""
+    if not multirun:
+        return [overrides]
+    if any(o.lstrip("+~").startswith("hydra/sweeper") for o in overrides):
+        return []  # another sweeper chooses the jobs: each is checked when it starts
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch][:MAX_SWEEP_JOBS_CHECKED]
+
+
+def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
+    """Check the run(s) `train.py` was asked for, before Hydra creates a run directory; returns the argv to run.
+
+    Composes each job's config exactly as Hydra will (same config directory, same overrides) and runs
+    `check_run` on it; a Hydra composition error (unknown option, a group without its `+`, a misspelt key, an
+    override that does not parse) is raised as a `ConfigError` of one line with the close matches. With
+    `--help` and `--cfg` the config is only composed, and `--resolve` is added unless given (resolved values
+    are shown). Nothing is checked for `--info`, `--shell-completion`, another config directory, or in the
+    extra processes DDP starts (their parent checked).
+
+    Raises:
+        ConfigError: the first problem, in one line.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv[1:])
+    shown = bool(args.help or args.cfg)
+    if shown and not args.resolve:
+        argv = [*argv, "--resolve"]
+    skip = ("hydra_help", "info", "shell_completion", "experimental_rerun", "config_dir", "config_path")
+    if any(getattr(args, flag) for flag in skip) or os.environ.get("LOCAL_RANK") not in (None, "0"):
+        return argv
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    from sparsetrain.errors import hydra_error_line, one_line_error
+
+    previous = HydraConfig.instance().cfg
+    try:
+        jobs = _job_overrides(list(args.overrides), args.multirun)
+        configs = []
+        for overrides in jobs:  # compose and check every job without torch first: the common mistakes come fast
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
+                cfg = GlobalHydra.instance().hydra.compose_config(
+                    args.config_name or config_name,
+                    overrides,
+                    run_mode=RunMode.RUN,
+                    from_shell=True,
+                    with_log_configuration=False,
+                )
+            HydraConfig.instance().set_config(cfg)  # `${hydra:...}` resolves as in the job
+            with open_dict(cfg):
+                del cfg["hydra"]
+            configs.append((overrides, cfg))
+        for check in () if shown else (_light_checks, check_run):
+            for overrides, cfg in configs:
+                try:
+                    check(cfg, conf_dir)
+                except Exception as e:
+                    line = one_line_error(e, conf_dir)
+                    if line is None or len(jobs) == 1:
+                        raise
+                    job = " ".join(o for o in overrides if not o.lstrip("+~").startswith("hydra"))
+                    raise ConfigError(f"{line} (sweep job: {job})") from None
+    except HydraException as e:
+        line = hydra_error_line(e, conf_dir)
+        if line is None:
+            raise
+        raise ConfigError(line) from None
+    finally:  # `initialize_config_dir` restored Hydra's global state on exit
+        HydraConfig.instance().cfg = previous  # the job sets its own
+    return argv
+
+
+# ------------------------------------------------------------------------------------------------ help
+def _pruner_defaults(key: str, conf_dir: Path) -> dict[str, Any] | None:
+    """`conf/pruner/<key>.yaml` with the shared keys it pulls in, values resolved where they can be."""
+    path = conf_dir / "pruner" / f"{key}.yaml"
+    if not path.exists():
+        return None
+    node = OmegaConf.load(path)
+    base = OmegaConf.create()
+    for entry in node.pop("defaults", []) or []:
+        name = str(entry).split("@")[0].strip("/")
+        if name and name != "_self_" and (conf_dir / f"{name}.yaml").exists():
+            base = OmegaConf.merge(base, OmegaConf.load(conf_dir / f"{name}.yaml"))
+    merged = OmegaConf.merge(base, node)
+    out = {}
+    for k in merged:
+        if k == "_target_":
+            continue
+        try:
+            out[str(k)] = merged[k]
+        except OmegaConfBaseException:
+            out[str(k)] = "<run seed>" if "seed" in str(OmegaConf.to_container(merged)[k]) else "<interpolated>"
+    return out
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, ListConfig)):
+        return "[" + ",".join(map(str, v)) + "]"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "null" if v is None else str(v)
+
+
+def summary(cls: type, width: int = 110) -> str:
+    """One line about a pruner: the first sentence of its docstring (to the first `;` if long)."""
+    paragraph = " ".join((inspect.getdoc(cls) or cls.__name__).split("\n\n")[0].split())
+    line = paragraph.split(". ")[0].rstrip(".")
+    if len(line) > width:
+        line = line.split("; ")[0]
+    return line if len(line) <= width else textwrap.shorten(line, width, placeholder=" ...")
+
+
+def pruner_help(conf_dir: Path = CONF_DIR, width: int = 110) -> str:
+    """The pruners for `train.py --help`: key, one line from the class docstring, its keys with their defaults.
+
+    Read from the registry (`list_pruners`), so a new method file shows up here; the defaults come from its
+    `conf/pruner/<key>.yaml` (keys the method ignores are left out).
+    """
+    from sparsetrain.pruner_keys import list_pruners
+
+    lines, indent = [], " " * 21
+    for key, cls in sorted(list_pruners().items()):
+        lines.append(f"  +pruner={key:<10} {summary(cls)}")
+        defaults = _pruner_defaults(key, conf_dir)
+        if defaults is None:
+            names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY]
+            keys = "keys: " + " ".join(names)
+        else:
+            unused = set(getattr(cls, "unused_keys", ()))
+            keys = " ".join(f"{k}={_value(v)}" for k, v in defaults.items() if not (k in unused and v is None))
+        lines.extend(textwrap.wrap(keys, width, initial_indent=indent, subsequent_indent=indent))
+    return "\n".join(lines).replace("$", "$$")  # the help template is a string.Template
+
+
+def _help_pruners() -> str:
+    """Resolver `sparsetrain_pruner_help` (conf/hydra/help/sparsetrain.yaml). Hydra resolves the help node while
+    composing every run, so the list (which imports the pruners, hence torch) is made only for `--help`."""
+    return pruner_help() if {"--help", "-h"} & set(sys.argv[1:]) else ""
+
+
+OmegaConf.register_new_resolver("sparsetrain_pruner_help", _help_pruners, replace=True)
+
+__all__ = [
+    "CONF_DIR",
+    "ConfigError",
+    "ModelConfig",
+    "OptimConfig",
+    "builtin_models",
+    "check_accelerator",
+    "gpu_count",
+    "check_command_line",
+    "check_run",
+    "pruner_help",
+    "summary",
+    "validate",
+]

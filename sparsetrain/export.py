@@ -71,6 +71,8 @@ def export_network(
     info: dict[str, Any] | None = None,
     target: Target | None = None,
     onnx: bool = False,
+    removed: list[ChannelRemoval] | None = None,
+    dense_counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Write `model.safetensors` and `model.json` for a finalized network (the network itself is not changed).
 
@@ -83,6 +85,9 @@ def export_network(
         info: Extra entries for `model.json` (where it came from, the pruner's granularity, ...).
         target: Device/dtype for the reported 2:4 decisions (default: this machine's CPU, float32).
         onnx: Also write `model.onnx` when `onnx` and `onnxscript` are installed (skipped with a note otherwise).
+        removed: Channels already removed from `network` during training (LAPP's slimming), recorded first so
+            `load_exported` replays them onto the dense architecture.
+        dense_counts: `(params, flops)` of the dense network when `removed` shrank it already.
 
     Returns:
         The content of `model.json`.
@@ -97,10 +102,13 @@ def export_network(
     net = copy.deepcopy(network).cpu().eval()
     example = torch.zeros(1, *input_shape)
     params_dense, _, flops_dense = _count(net, example)
-    removals, refused = [], []
+    if dense_counts is not None:
+        params_dense, flops_dense = dense_counts
+    removals, refused = list(removed or []), []
     if _has_zero_row(net):
         slimmed = slim(net, example)
-        net, removals, refused = slimmed.model.eval(), slimmed.removals, slimmed.refused
+        net, refused = slimmed.model.eval(), slimmed.refused
+        removals += slimmed.removals
     params, nonzero, flops = _count(net, example)
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT, "version": str(VERSION)})
@@ -259,7 +267,7 @@ def export_run(
     ckpt = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
     run_dir = run_dir_of(source)
     cfg = load_run_config(run_dir, config)
-    network, arch, key = finalized_network(ckpt, cfg)
+    network, arch, key, removed = finalized_network(ckpt, cfg)
     pruner_cfg = cfg.get("pruner") or {}
     info = {
         "pruner": key,
@@ -268,7 +276,29 @@ def export_run(
     }
     out = Path(out) if out is not None else run_dir / "export"
     shape = (arch["in_chans"], arch["image_size"], arch["image_size"])
-    return out, export_network(network, out, input_shape=shape, arch=arch, info=info, onnx=onnx)
+    dense = None
+    if removed:  # the network was slimmed in training: count the dense architecture it came from
+        from sparsetrain.models import build_model
+
+        base = build_model(
+            arch["source"],
+            arch["name"],
+            in_chans=arch["in_chans"],
+            num_classes=arch["num_classes"],
+            image_size=arch["image_size"],
+            **arch.get("kwargs", {}),
+        )
+        dense = _count(base.eval(), torch.zeros(1, *shape))[0::2]
+    return out, export_network(
+        network,
+        out,
+        input_shape=shape,
+        arch=arch,
+        info=info,
+        onnx=onnx,
+        removed=[ChannelRemoval.from_json(r) for r in removed],
+        dense_counts=dense,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

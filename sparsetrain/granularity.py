@@ -151,7 +151,10 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets:
     was_training = model.training
     model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with torch.enable_grad():  # the graph is traced through autograd (callers may run under no_grad)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    except Exception as e:  # Torch-Pruning's tracer fails on some graphs (a channel shuffle's reshape)
+        raise ValueError(untraceable_message(model, e, names)) from None
     finally:
         model.train(was_training)
     groups: list[ChannelGroup] = []
@@ -163,6 +166,26 @@ def build_channel_groups(model: nn.Module, example_input: torch.Tensor, targets:
         if built.producers and all(p in targets for p in built.producers):
             groups.append(built)
     return groups
+
+
+def untraceable_message(model: nn.Module, error: Exception, names: dict) -> str:
+    """One line for a model Torch-Pruning cannot trace: what failed, the layers next to it, what to do."""
+    near: list[str] = []
+    tb = error.__traceback__
+    while tb is not None:  # the tracer's graph node being processed when it failed, if any
+        node = tb.tb_frame.f_locals.get("node")
+        for neighbour in [*getattr(node, "inputs", []), *getattr(node, "outputs", [])]:
+            name = names.get(getattr(neighbour, "module", None))
+            if name and name not in near:
+                near.append(name)
+        tb = tb.tb_next
+    where = f" next to {', '.join(near[:4])}" if near else ""
+    return (
+        f"channel pruning cannot trace {type(model).__name__}: Torch-Pruning's dependency graph fails{where} "
+        f"({type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'no message'}; typically a "
+        "reshape that mixes channels, such as a channel shuffle); the whole network is traced, so no "
+        "include/exclude avoids it: use granularity=unstructured or nm for this model"
+    )
 
 
 def _to_channel_group(group, graph, names: dict, size: int, root_name: str) -> ChannelGroup | None:

@@ -27,6 +27,9 @@ class ClassificationModule(pl.LightningModule):
         example_input_shape: `(C, H, W)` of one input, used for FLOP counting and model summaries.
 
     Metrics: `train/loss`, `val/loss`, `val/acc`, `test/loss`, `test/acc`.
+
+    A fit that ends on `max_steps` validates at its last step, wherever that falls in an epoch: a short budget
+    (`trainer.max_steps=30` on a long epoch) still reports `val/acc` and gets a best checkpoint.
     """
 
     def __init__(
@@ -58,6 +61,12 @@ class ClassificationModule(pl.LightningModule):
         loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True  # Lightning validates before stopping; at max_steps alone it would not
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

@@ -173,6 +173,7 @@ class ConfiguredPruner(SharedKeys):
 
     key: ClassVar[str] = "base"
     unused_keys: ClassVar[tuple[str, ...]] = ()
+    granularities: ClassVar[tuple[str, ...]] = GRANULARITIES  # the ones the method defines
 
     def __init_subclass__(cls, **kw: Any) -> None:
         """Record every constructor's arguments (defaults filled in), so `describe()` cannot drift from them."""
@@ -201,6 +202,10 @@ class ConfiguredPruner(SharedKeys):
             init(self, *args, **kwargs)
 
         cls.__init__ = recording_init
+
+    def target_text(self) -> str:
+        """The run's target in words, for the start-of-fit line."""
+        return f"target sparsity {self.sparsity:g}"
 
     def describe(self) -> dict[str, Any]:
         """Every constructor keyword with the value this pruner was built with (results.json `pruner_config`)."""

@@ -106,8 +106,11 @@ def total_steps(cfg: DictConfig, ckpt: dict[str, Any]) -> int:
     return max(1, step)
 
 
-def finalized_network(ckpt_path: str | Path, cfg: DictConfig) -> tuple[nn.Module, dict[str, Any], str | None]:
-    """The finalized network a checkpoint holds, its `build_model` arguments and its pruner key (None: dense).
+def finalized_network(
+    ckpt_path: str | Path, cfg: DictConfig
+) -> tuple[nn.Module, dict[str, Any], str | None, list[dict[str, Any]]]:
+    """The finalized network a checkpoint holds, its `build_model` arguments, its pruner key (None: dense) and
+    the channel removals training applied already (LAPP's slimming; `ChannelRemoval` records, else empty).
 
     Raises:
         ValueError: The checkpoint needs unpickling, was written by another pruner than the config names, or
@@ -133,16 +136,20 @@ def finalized_network(ckpt_path: str | Path, cfg: DictConfig) -> tuple[nn.Module
             raise ValueError(f"{ckpt_path} was written with +pruner={key}, but the run's config has {pruner.key}")
         example = torch.zeros(1, arch["in_chans"], arch["image_size"], arch["image_size"])
         pruner.attach(network, total_steps(cfg, ckpt), example)
+    pruner_state = ckpt["callbacks"][f"{STATE_PREFIX}{key}]"]["pruner"] if pruner is not None else None
+    if pruner is not None:
+        pruner.before_model_load(pruner_state)  # a method that changed the architecture rebuilds it first
     state = network_state(ckpt, network)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{ckpt_path} does not fit the model its run config builds: {str(e)[:300]}") from None
     if pruner is not None:
-        pruner.load_state_dict(ckpt["callbacks"][f"{STATE_PREFIX}{key}]"]["pruner"])
+        pruner.load_state_dict(pruner_state)
         pruner.on_fit_end()
         pruner.finalize()
-    return network.eval(), arch, key
+    removed = pruner.report().get("removed_channels", []) if pruner is not None else []
+    return network.eval(), arch, key, removed
 
 
 __all__ = ["finalized_network", "load_checkpoint", "load_run_config", "run_arch", "run_dir_of", "total_steps"]

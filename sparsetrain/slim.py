@@ -110,7 +110,8 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removals: lis
     was_training = model.training
     model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        with torch.enable_grad():  # the graph is traced through autograd (callers may run under no_grad)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
         for r in removals:
             module = modules.get(r.root)
             pruner = graph.get_pruner_of_module(module) if module is not None else None

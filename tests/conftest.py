@@ -44,6 +44,7 @@ FAST = [
     "trainer.enable_model_summary=false",
     "progress_bar=false",
     "export=true",
+    "plots=false",
 ]
 
 

@@ -310,7 +310,7 @@ def test_checkpoint_export_equals_end_of_run_export(channel_run, tmp_path):
 def test_loaded_export_equals_the_finalized_checkpoint_network(channel_run, tmp_path):
     for name in ("model.json", "model.safetensors"):
         shutil.copy(channel_run / "export" / name, tmp_path / name)
-    network, _, key = finalized_network(channel_run / "checkpoints" / "last.ckpt", load_run_config(channel_run))
+    network, _, key, _ = finalized_network(channel_run / "checkpoints" / "last.ckpt", load_run_config(channel_run))
     loaded = sparsetrain.load_exported(tmp_path)
     x = torch.randn(4, 1, 16, 16)
     assert key == "gmp" and _params(loaded) < _params(network)

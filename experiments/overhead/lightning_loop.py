@@ -47,13 +47,14 @@ from experiments.common import machine, markdown_table, write_json
 from sparsetrain.callback import SparsityCallback
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
-from sparsetrain.pruners import GMP, PDP, BiP, GraNet, Magnitude, Pruner
+from sparsetrain.pruners import GMP, LAPP, PDP, BiP, GraNet, Magnitude, Pruner
 from sparsetrain.targets import select_targets
 
 SPARSITY = 0.9
 NUM_CLASSES = 10
-VARIANTS = ("dense", "hooks", "magnitude", "gmp", "granet", "pdp", "bip")
-SPARSETRAIN_VARIANTS = ("magnitude", "gmp", "granet", "pdp", "bip")
+VARIANTS = ("dense", "hooks", "magnitude", "gmp", "granet", "pdp", "bip", "lapp", "lapp_slim")
+SPARSETRAIN_VARIANTS = ("magnitude", "gmp", "granet", "pdp", "bip", "lapp", "lapp_slim")
+LAPP_FLOPS = 0.5  # LAPP's budget in both of its variants (the pruning phase, and the slimmed network)
 # Issue 11's targets (× dense): hard masks on the GPU at batch 128/512, and the CPU proxy at batch 8; BiP's
 # (issue 14) is 2× on both (a score step and a top-k projection every step).
 TARGETS = {
@@ -127,6 +128,8 @@ def make_pruner(variant: str, cfg: Config) -> Pruner:
     place; GMP and GraNet keep pruning (GraNet also regrowing) up to `end_step`, and PDP refreshes its
     thresholds every `update_every` steps and stays in its soft phase for the whole fit (`finetune=0`). BiP is
     bi-level from step 0 to the end (`warmup=0`, `finetune=0`): a score step and a projection every step.
+    LAPP at half the dense FLOPs: `lapp` stays in its pruning phase (bypasses, straight-through masks, the FLOPs
+    term and a threshold step every step), `lapp_slim` is slimmed before the first step (the network after `end`).
     """
     end, every = cfg.end_fraction, cfg.update_every
     if variant == "magnitude":
@@ -139,6 +142,10 @@ def make_pruner(variant: str, cfg: Config) -> Pruner:
         return PDP(sparsity=SPARSITY, warmup=0.0, end=end, finetune=0.0, threshold_every=every)
     if variant == "bip":
         return BiP(sparsity=SPARSITY, warmup=0.0, finetune=0.0)
+    if variant == "lapp":  # the pruning phase throughout: thresholds learn every step, slimmed after the fit
+        return LAPP(max_flops_ratio=LAPP_FLOPS, begin=0.0, end=1.0, update_every=every)
+    if variant == "lapp_slim":  # slimmed before the first step: every measured step runs the smaller network
+        return LAPP(max_flops_ratio=LAPP_FLOPS, begin=0.0, end=0.0, update_every=every)
     raise ValueError(f"{variant!r} is not a sparsetrain variant")
 
 

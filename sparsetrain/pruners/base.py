@@ -54,7 +54,7 @@ class Pruner(ConfiguredPruner):
         if total_steps < 1:
             raise ValueError(f"training must have at least one optimizer step, got {total_steps}")
         self.model, self.total_steps = model, int(total_steps)
-        candidates = select_targets(model, self.include, self.exclude, self.keep_first_last)
+        candidates = self.candidates(model)
         self.targets, self.skipped, extra = self.granularity_strategy.select(model, candidates, example_input)
         self.groups = self.granularity_strategy.groups
         self.weights = {f"{name}.weight": name for name in self.targets}
@@ -66,6 +66,10 @@ class Pruner(ConfiguredPruner):
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
+
+    def candidates(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Layers the granularity may target: the shared include/exclude/keep_first_last selection."""
+        return select_targets(model, self.include, self.exclude, self.keep_first_last)
 
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
         """Hook after targets and channel groups are known, before mask buffers exist (parametrizations)."""
@@ -91,12 +95,10 @@ class Pruner(ConfiguredPruner):
         self.steps_per_epoch = steps_per_epoch or self.steps_per_epoch
 
     def extra_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters the method owns (thresholds, scores); never in the user's optimizer."""
-        return []
+        return []  # trainable parameters the method owns (thresholds, scores); never in the user's optimizer
 
     def penalty(self) -> torch.Tensor | None:
-        """A loss term added to the task loss of every training step (None: the method has none)."""
-        return None
+        return None  # a loss term added to the task loss of every training step (None: the method has none)
 
     def on_validation(self, metrics: dict[str, float]) -> None:
         """Validation results of the latest epoch (e.g. IMP records each round's accuracy)."""
@@ -115,8 +117,13 @@ class Pruner(ConfiguredPruner):
         """Training finished (before `finalize`)."""
 
     def report(self) -> dict[str, Any]:
-        """Method-specific entries for results.json (e.g. IMP's rounds)."""
-        return {}
+        return {}  # method-specific entries for results.json (e.g. IMP's rounds)
+
+    def accounting(self, example_input: torch.Tensor | None) -> dict[str, Any] | None:
+        return None  # the final model's params/FLOPs when masks do not describe it (LAPP: the slimmed network)
+
+    def before_model_load(self, state: dict[str, Any]) -> None:
+        """A checkpoint's pruner state, before its weights load (LAPP replays its slimming so shapes match)."""
 
     @property
     def masks_weights(self) -> bool:
@@ -154,12 +161,10 @@ class Pruner(ConfiguredPruner):
 
     # ----------------------------------------------------------------------------------------- decisions
     def is_update_step(self, step: int) -> bool:
-        """Whether masks are updated at this optimizer step."""
-        return self.schedule.is_event(step)
+        return self.schedule.is_event(step)  # whether masks are updated at this optimizer step
 
     def grads_finite(self) -> bool:
-        """False when a gradient holds inf/NaN (the AMP scaler will skip this step: masks must not move)."""
-        return self.masks.grads_finite()
+        return self.masks.grads_finite()  # False on inf/NaN (the AMP scaler skips this step: masks must not move)
 
     def scores(self) -> dict[str, torch.Tensor]:
         """Importance of every targeted weight: |w|, inactive weights ranked below every active one (so
@@ -211,10 +216,7 @@ class Pruner(ConfiguredPruner):
         """Restore state; held until `attach` when the pruner is not attached yet."""
         if state.get("key", self.key) != self.key:
             raise ValueError(f"checkpoint holds state of pruner {state.get('key')!r}, not {self.key!r}")
-        if self.masks is None:
-            self._pending_state = state
-        else:
-            self._restore(state)
+        self._restore(state) if self.masks is not None else setattr(self, "_pending_state", state)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.events = state.get("events", 0)
@@ -226,16 +228,14 @@ class Pruner(ConfiguredPruner):
         self.load_extra_state(state)
 
     def extra_state(self) -> dict[str, Any]:
-        """Subclass state to save (plain types and tensors)."""
-        return {}
+        return {}  # subclass state to save (plain types and tensors)
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` saved."""
 
     # ----------------------------------------------------------------------------------------- reporting
     def mask_dict(self) -> dict[str, torch.Tensor]:
-        """Current hard masks keyed by parameter FQN (`layer1.0.conv1.weight`)."""
-        return self.masks.masks
+        return self.masks.masks  # current hard masks keyed by parameter FQN (`layer1.0.conv1.weight`)
 
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity of each targeted layer, keyed by module FQN."""

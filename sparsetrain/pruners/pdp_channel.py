@@ -11,6 +11,8 @@ times the spread of the group's s_c² (see `PDP`): `inv_tau_<i>` holds 1/(τ·sp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -22,9 +24,9 @@ from sparsetrain.masking import resolve
 class ChannelMaskState(nn.Module):
     """Per-group thresholds (buffers, so they are checkpointed) and the masks of the current forward."""
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], thresholds: bool = True) -> None:
         super().__init__()
-        for i, _ in enumerate(sizes):
+        for i in range(len(sizes) if thresholds else 0):  # PDP's; a method computing masks itself has none
             self.register_buffer(f"t2_{i}", torch.zeros(()))
             self.register_buffer(f"inv_tau_{i}", torch.ones(()))
         # not persistent: the pruner saves the annealing factor in its own state (older checkpoints still load)
@@ -70,10 +72,20 @@ def group_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     return total / max(1, count)
 
 
-def install(model: nn.Module, groups: list[ChannelGroup]) -> ChannelMaskState:
-    """Register the parametrizations and the pre-forward hook computing this forward's channel masks."""
-    state = ChannelMaskState([g.size for g in groups])
-    model.add_module("pdp_channel_state", state)
+def install(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    compute: Callable[[], list[torch.Tensor]] | None = None,
+    name: str = "pdp_channel_state",
+) -> ChannelMaskState:
+    """Register the parametrizations and the pre-forward hook computing this forward's channel masks.
+
+    `compute` returns one mask per group (default: PDP's soft masks from the state's thresholds); the state
+    module is registered on the model as `name`.
+    """
+    state = ChannelMaskState([g.size for g in groups], thresholds=compute is None)
+    state.name = name
+    model.add_module(name, state)
     for gi, group in enumerate(groups):
         for piece in group.slices:
             if piece.dim != 0:
@@ -83,7 +95,10 @@ def install(model: nn.Module, groups: list[ChannelGroup]) -> ChannelMaskState:
             parametrize.register_parametrization(owner, pname, ChannelSoftMask(state, gi, piece))
 
     def compute_masks(module: nn.Module, args) -> None:
-        state.current = channel_masks(model, groups, state) if state.enabled else []
+        if not state.enabled:
+            state.current = []
+        else:
+            state.current = compute() if compute is not None else channel_masks(model, groups, state)
 
     state.hook = model.register_forward_pre_hook(compute_masks)
     return state
@@ -128,4 +143,4 @@ def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskSt
             owner = model.get_submodule(owner_name)
             if parametrize.is_parametrized(owner, pname):
                 parametrize.remove_parametrizations(owner, pname, leave_parametrized=False)
-    del model._modules["pdp_channel_state"]
+    del model._modules[state.name]

@@ -1,0 +1,231 @@
+"""LAPP: the bypass folds exactly, the thresholds learn from the task and the FLOPs term, the network is
+physically slimmed at `end` onto the budget (measured by the FLOP counter) and training continues on it with
+the kept channels' optimizer state, resume before and after slimming, and the run's export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sparsetrain import SparsityCallback
+from sparsetrain.pruners import list_pruners
+from sparsetrain.pruners.lapp_bypass import Bypassed, add_bypasses, fold_bypasses, foldable
+from tests.helpers.nets import ResNetTiny, batches
+from tests.test_device_moves import StopAfterFirstEpoch, fit, fit_with_checkpoints
+
+LAPP = list_pruners()["lapp"]
+X = torch.zeros(1, 3, 8, 8)
+
+
+def flops(model: nn.Module, x: torch.Tensor = X) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    model.train()
+    return counter.get_total_flops()
+
+
+def quick(**kw):
+    kw = {"max_flops_ratio": 0.5, "end": 0.5, "update_every": 1, "threshold_lr": 0.05, **kw}
+    return LAPP(**kw)
+
+
+# ------------------------------------------------------------------------------------------- the bypass
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(3, 1, 1), (3, 2, 1), (5, 1, 1), (3, 1, 2)])
+def test_the_bypass_folds_into_the_centre_tap_exactly(kernel, stride, dilation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, kernel, stride=stride, padding=(kernel - 1) // 2 * dilation, dilation=dilation)
+    wrapped = Bypassed(conv, rank=3)
+    nn.init.normal_(wrapped.bypass_up.weight)  # starts at zero; make the branch matter
+    x = torch.randn(2, 6, 11, 11)
+    expected = wrapped(x)
+    assert not torch.allclose(expected, conv(x))
+    assert torch.allclose(wrapped.folded()(x), expected, atol=1e-5)
+
+
+def test_only_convs_a_bypass_can_fold_into_get_one():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=0),  # not centred
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 8, 1),  # 1×1: nothing to add
+    )
+    assert [foldable(m) for m in net] == [True, False, False, False]
+    assert add_bypasses(net, ["0", "1", "2", "3"], 0.25) == ["0"]
+    assert isinstance(net[0], Bypassed) and net[0].bypass_down.out_channels == 2
+    assert fold_bypasses(net) == 1 and isinstance(net[0], nn.Conv2d)
+
+
+# ------------------------------------------------------------------------------------------- thresholds
+def attached(steps: int = 20, **kw):
+    torch.manual_seed(0)
+    net = ResNetTiny(width=8)
+    pruner = quick(**kw)
+    pruner.attach(net, steps, X)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    pruner.on_fit_start(optimizer, [], 4)
+    return net, pruner, optimizer
+
+
+def test_thresholds_are_the_pruners_own_parameters_and_get_gradients_from_task_and_flops():
+    net, pruner, optimizer = attached()
+    (theta,) = pruner.extra_parameters()
+    assert not any(p is theta for g in optimizer.param_groups for p in g["params"])
+    x, y = batches(1, (3, 8, 8))[0]
+    pruner.before_forward(0)
+    F.cross_entropy(net(x), y).backward()
+    task = theta.grad.clone()
+    assert task.abs().sum() > 0  # the straight-through mask passes the task's gradient to the thresholds
+
+    theta.grad = None
+    pruner.before_forward(5)  # the budget has tightened below 1; nothing is pruned yet
+    net(x)
+    assert pruner._budget < 1.0
+    pruner.penalty().backward()
+    assert (theta.grad < 0).all()  # every threshold is pushed up: more FLOPs to remove
+
+
+def test_the_flops_term_is_the_measured_flops_of_the_hard_masks():
+    """F(m) of the hard masks equals the FLOP counter on the network slimmed with those masks."""
+    net, pruner, optimizer = attached(bypass_ratio=0.0)
+    with torch.no_grad():
+        pruner.theta.fill_(1.0)  # about half the channels of every group below threshold
+    keeps = pruner.hard_keeps()
+    predicted = float(pruner.flops_ratio([k.float() for k in keeps]))
+    assert 0.2 < predicted < 0.9
+    dense = flops(ResNetTiny(width=8))
+    pruner.max_flops_ratio = predicted + 1e-6  # the budget these masks meet: the projection keeps them
+    pruner.slim()
+    assert flops(net) / dense == pytest.approx(predicted, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- slimming
+class Watch(pl.Callback):
+    """Records the network's parameters right after slimming and the optimizer at the end of fit."""
+
+    def __init__(self, cb: SparsityCallback) -> None:
+        self.cb, self.at_slim = cb, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.at_slim is None and self.cb.pruner.slimmed:
+            self.at_slim = {k: v.detach().clone() for k, v in pl_module.net.named_parameters()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.optimizer_params = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]
+        self.optimizer_state = trainer.optimizers[0].state
+
+
+def test_fit_slims_at_end_onto_the_budget_and_keeps_training_the_smaller_network():
+    cb = SparsityCallback(quick(max_flops_ratio=0.6))
+    watch = Watch(cb)
+    module = fit(cb, watch)  # slims before the first batch of step 6 of 12
+    pruner = cb.pruner
+    assert pruner.slimmed and watch.at_slim is not None
+    dense = flops(ResNetTiny(width=8))
+    measured = flops(module.net) / dense
+    assert measured <= 0.6 and measured == pytest.approx(cb.summary["flops_sparse"] / cb.summary["flops_dense"])
+    assert cb.summary["flops_dense"] == dense
+    assert sum(p.numel() for p in module.net.parameters()) < sum(p.numel() for p in ResNetTiny(width=8).parameters())
+    assert not any(isinstance(m, Bypassed) for m in module.net.modules())
+    # the optimizer holds exactly the slimmed parameters, with state of their shape, and they trained on
+    live = list(module.net.parameters())
+    assert {id(p) for p in watch.optimizer_params} == {id(p) for p in live}
+    for p in live:
+        assert watch.optimizer_state[p]["momentum_buffer"].shape == p.shape
+    after = dict(module.net.named_parameters())
+    assert any(not torch.equal(after[k], v) for k, v in watch.at_slim.items())
+    rates = cb.summary["pruner_state"]["lapp"]["layer_channel_pruning"]
+    assert rates and all(0.0 <= r < 1.0 for r in rates.values()) and max(rates.values()) > 0
+
+
+def test_slimming_carries_the_kept_channels_optimizer_state_over():
+    """After slimming, every parameter's momentum is the old momentum at the kept entries (ResNetTiny's
+    coupling written out by hand: conv1/bn1/conv3/bn3 share the residual channels, conv2/bn2 and conv4/bn4
+    their own)."""
+    net, pruner, optimizer = attached(bypass_ratio=0.0)
+    for step, (x, y) in enumerate(batches(3, (3, 8, 8))):
+        pruner.before_forward(step)
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    old = {}
+    for name, p in net.named_parameters():
+        plain = name.replace(".parametrizations", "").replace(".original", "")
+        old[plain] = (p.detach().clone(), optimizer.state[p]["momentum_buffer"].clone())
+    with torch.no_grad():
+        pruner.theta.fill_(1.0)
+    pruner.slim()
+    removed = {r.root: set(r.indices) for r in pruner.removals}
+    sizes = {"conv1": 8, "conv2": 8, "conv4": 16}
+    kept = {g: torch.tensor([i for i in range(n) if i not in removed.get(g, set())]) for g, n in sizes.items()}
+    dims = {  # parameter -> group of dim 0, group of dim 1
+        "conv1.weight": ("conv1", None), "bn1.weight": ("conv1", None), "bn1.bias": ("conv1", None),
+        "conv2.weight": ("conv2", "conv1"), "bn2.weight": ("conv2", None), "bn2.bias": ("conv2", None),
+        "conv3.weight": ("conv1", "conv2"), "bn3.weight": ("conv1", None), "bn3.bias": ("conv1", None),
+        "conv4.weight": ("conv4", "conv1"), "bn4.weight": ("conv4", None), "bn4.bias": ("conv4", None),
+        "fc.weight": (None, "conv4"), "fc.bias": (None, None),
+    }  # fmt: skip
+    assert removed, "the test needs channels removed"
+    for name, p in net.named_parameters():
+        weight, momentum = old[name]
+        for dim, group in enumerate(dims[name]):
+            if group is not None:
+                weight, momentum = weight.index_select(dim, kept[group]), momentum.index_select(dim, kept[group])
+        assert torch.equal(p.detach(), weight), name
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], momentum), name
+
+
+@pytest.mark.parametrize("end", [0.25, 0.75], ids=["killed-after-slimming", "killed-before-slimming"])
+def test_resume_equals_the_uninterrupted_run(end, tmp_path):
+    full = fit_with_checkpoints(quick(end=end), tmp_path / "full")
+    killed = quick(end=end)
+    fit_with_checkpoints(killed, tmp_path / "killed", StopAfterFirstEpoch())
+    ckpt = torch.load(tmp_path / "killed" / "last.ckpt", weights_only=False)
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SparsityCallback"))["pruner"]
+    assert state["slimmed"] == (end == 0.25)  # epoch 0 is steps 0-3: slimmed at step 3, or later at step 9
+    pruner = quick(end=end)
+    resumed = fit_with_checkpoints(pruner, tmp_path / "resumed", ckpt_path=tmp_path / "killed" / "last.ckpt")
+    assert pruner.slimmed
+    a, b = dict(full.net.named_parameters()), dict(resumed.net.named_parameters())
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+# ------------------------------------------------------------------------------------------- config and run
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"max_flops_ratio": 0.0}, "max_flops_ratio must be in (0, 1]"),
+        ({"max_flops_ratio": 1.5}, "max_flops_ratio must be in (0, 1]"),
+        ({"granularity": "unstructured"}, "channels only"),
+        ({"sparsity": 0.5}, "pruner.sparsity is not used by lapp"),
+        ({"tau": 0}, "pruner.tau must be a positive number"),
+        ({"bypass_ratio": -0.1}, "pruner.bypass_ratio must be in [0, 1]"),
+    ],
+)
+def test_bad_values_fail_in_one_line(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        LAPP(**kw)
+
+
+def test_a_run_reports_the_slimmed_network_and_exports_what_it_trained(compose):
+    from sparsetrain.app import run
+    from sparsetrain.export import load_exported
+
+    cfg = compose("+pruner=lapp", "pruner.max_flops_ratio=0.5", "pruner.update_every=2", "trainer.max_epochs=2")
+    run(cfg)
+    results = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    ratio = results["flops_sparse"] / results["flops_dense"]
+    assert 0.4 < ratio <= 0.5 and results["lapp"]["flops_ratio"] == pytest.approx(ratio)
+    assert results["removed_channels"] and 0 < results["channel_sparsity"] < 1
+    exported = load_exported(f"{cfg.output_dir}/export")
+    spec = json.loads((Path(cfg.output_dir) / "export" / "model.json").read_text())
+    assert spec["flops"] == results["flops_sparse"] and spec["flops_dense"] == results["flops_dense"]
+    assert sum(p.numel() for p in exported.parameters()) == results["params_nonzero"]
