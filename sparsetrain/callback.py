@@ -68,14 +68,23 @@ class SparsityCallback(pl.Callback):
         finalize: At the end of fit, fold the masks into the weights and remove the mask buffers, so the
             network is its plain architecture again (what is tested is what ships).
         log_layers: Log `sparsity/<layer>` at every update event.
+        example_input: One input batch (for channel coupling and FLOPs). Default: the module's
+            `example_input_array`, else the datamodule's `in_chans`/`image_size`, else the first training batch.
     """
 
-    def __init__(self, pruner: Pruner, finalize: bool = True, log_layers: bool = True) -> None:
+    def __init__(
+        self,
+        pruner: Pruner,
+        finalize: bool = True,
+        log_layers: bool = True,
+        example_input: torch.Tensor | None = None,
+    ) -> None:
         if not isinstance(pruner, Pruner):
             raise ValueError(f"SparsityCallback needs a sparsetrain Pruner, got {type(pruner).__name__}")
         self.pruner = pruner
         self.do_finalize = finalize
         self.log_layers = log_layers
+        self.example_input = example_input
         self.network: nn.Module | None = None
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
@@ -100,7 +109,8 @@ class SparsityCallback(pl.Callback):
                 "set max_epochs or max_steps on the Trainer"
             )
         total = int(total)
-        self._example = example_input(trainer, pl_module)
+        given = self.example_input
+        self._example = given[:1].detach().cpu() if given is not None else example_input(trainer, pl_module)
         self.pruner.attach(self.network, total, self._example)
         self._add_penalty(pl_module)
         self._before_model_load(pl_module)

@@ -81,6 +81,7 @@ class GraNet(Pruner):
         **common: Shared pruner keys; `update_every` is the paper's ΔT in optimizer steps.
     """
 
+    granularities = ("unstructured", "nm")  # regrowth is per weight: no channel granularity
     decay_over_regrow_window = False  # GraNet decays ζ over all training; RigL over its update window
     drop_rounding: ClassVar[str] = "ceil"  # ceil(ζ·active): GraNet's `magnitude_death`; RigL truncates
     global_start: ClassVar[str | None] = "erk"  # the sparse start under allocation=global (None: rejected)
