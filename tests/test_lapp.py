@@ -229,3 +229,32 @@ def test_a_run_reports_the_slimmed_network_and_exports_what_it_trained(compose):
     spec = json.loads((Path(cfg.output_dir) / "export" / "model.json").read_text())
     assert spec["flops"] == results["flops_sparse"] and spec["flops_dense"] == results["flops_dense"]
     assert sum(p.numel() for p in exported.parameters()) == results["params_nonzero"]
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("timm", "mobilenetv3_small_050"),
+        pytest.param("torchvision", "resnet18", marks=pytest.mark.slow),  # ~10 s each on 2 cores
+        pytest.param("torchvision", "mobilenet_v3_small", marks=pytest.mark.slow),
+    ],
+)
+def test_timm_and_torchvision_cnns_are_slimmed_onto_the_budget(source, name):
+    """Depthwise convs (MobileNets: their channels follow the pointwise conv before them), squeeze-excite
+    and residual stages, through the pruner protocol; the FLOPs measured on the slimmed network."""
+    from sparsetrain.models import build_model
+    from tests.helpers.nets import train_plain
+
+    torch.manual_seed(0)
+    x = torch.zeros(1, 3, 32, 32)
+    model = build_model(source, name, in_chans=3, num_classes=10, image_size=32)
+    dense = flops(model, x)
+    pruner = quick(max_flops_ratio=0.6, end=0.5)
+    pruner.attach(model, 4, x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pruner.on_fit_start(optimizer, [], 4)
+    train_plain(model, pruner, optimizer, batches(4, (3, 32, 32), classes=10, batch=2), 4)
+    assert pruner.slimmed and not any(isinstance(m, Bypassed) for m in model.modules())
+    measured = flops(model, x) / dense
+    assert measured <= 0.6 and measured == pytest.approx(pruner.report()["lapp"]["flops_ratio"])
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
