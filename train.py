@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import sparsetrain.config  # noqa: F401  (resolvers: `sparsity_default` for --cfg/--resolve, the pruner list for --help)
+import sparsetrain.cli  # noqa: F401  (resolvers: `sparsity_default` for --cfg/--resolve, the pruner list for --help)
 from sparsetrain.errors import EXIT_CODE, one_line_error
 
 log = logging.getLogger("sparsetrain")
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     """Check the command line (one line and exit 2 on a mistake), then hand it to Hydra."""
-    from sparsetrain.config import check_command_line
+    from sparsetrain.cli import check_command_line
 
     try:
         sys.argv = check_command_line(sys.argv, CONF)

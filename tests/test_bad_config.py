@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsetrain.config import CONF_DIR, check_command_line, gpu_count
+from sparsetrain.cli import check_command_line
+from sparsetrain.config import CONF_DIR, gpu_count
 from sparsetrain.errors import EXIT_CODE, one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +229,7 @@ def test_checked_lists_match_the_libraries_and_modules_they_mirror():
 def test_help_lists_every_registered_pruner_with_its_line_and_keys():
     import yaml
 
-    from sparsetrain.config import summary
+    from sparsetrain.cli import summary
     from sparsetrain.pruner_keys import list_pruners
 
     proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from sparsetrain import SparsityCallback
 from sparsetrain.data import FakeDataModule
 from sparsetrain.module import ClassificationModule
-from sparsetrain.pruners import GMP, PDP, SET, GraNet
+from sparsetrain.pruners import GMP, IMP, PDP, SET, BiP, GraNet, RigL
 from tests.helpers.nets import ResNetTiny
 
 
@@ -75,8 +75,12 @@ def fit_on_two_ranks(tmp_path, callbacks: list[pl.Callback]) -> None:
         lambda: GraNet(sparsity=0.8, init_density=0.5, update_every=2),
         lambda: SET(sparsity=0.8, update_every=2),
         lambda: PDP(sparsity=0.8, warmup=0.1, end=0.6, threshold_every=2),
+        lambda: BiP(sparsity=0.8, warmup=0.1, finetune=0.1),
+        lambda: GMP(sparsity=0.8, update_every=2),
+        lambda: RigL(sparsity=0.8, update_every=2),
+        lambda: IMP(sparsity=0.5, rounds=2),
     ],
-    ids=["granet_d2s_gradient", "granet_s2s", "set_random", "pdp"],
+    ids=["granet_d2s_gradient", "granet_s2s", "set_random", "pdp", "bip", "gmp", "rigl", "imp"],
 )
 def test_masks_identical_on_every_rank(tmp_path, make):
     cb = NoBroadcast(make())
@@ -96,3 +100,12 @@ def test_the_rank_zero_broadcast_runs_through_lightnings_strategy(tmp_path):
     fit_on_two_ranks(tmp_path, [cb, log])
     ranks = [json.loads(Path(f"{tmp_path / 'masks'}.rank{r}").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1] and len(set(ranks[0])) > 2
+
+
+@pytest.mark.slow
+def test_lapp_under_ddp_is_refused_in_one_line(tmp_path):
+    """LAPP slims the network mid-training; DDP's buckets would keep stepping the old parameters."""
+    from sparsetrain.pruners import LAPP
+
+    with pytest.raises(Exception, match="DistributedDataParallel cannot follow"):
+        fit_on_two_ranks(tmp_path, [SparsityCallback(LAPP(max_flops_ratio=0.5))])

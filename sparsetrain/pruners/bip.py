@@ -241,7 +241,7 @@ class BiP(Pruner):
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Upper level's gradient from this step's (dense) ∇_z ℓ, then the lower level's: m ⊙ ∇_z ℓ."""
         metrics, self._pending_metrics = self._pending_metrics, {}
-        if self.phase == BILEVEL:
+        if self.phase == BILEVEL and self.grads_finite():  # inf/NaN: no score step (scores would turn NaN)
             self._follow_device()
             self._score_gradients()
             self._grads_ready = True

@@ -115,6 +115,15 @@ class LAPP(Pruner):
                 out[name] = model.get_submodule(name)
         return out
 
+    def on_fit_start(self, optimizer, schedulers=(), steps_per_epoch=None) -> None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not self.slimmed:
+            raise ValueError(
+                "LAPP slims the network mid-training, which DistributedDataParallel cannot follow (its buckets "
+                "hold the old parameters): train LAPP on one device, or resume the slimmed checkpoint under DDP"
+            )
+        super().on_fit_start(optimizer, schedulers, steps_per_epoch)
+
     def build_schedule(self) -> SparsitySchedule:
         begin = to_step(self.begin, self.total_steps, "begin")
         self.end_step = max(begin, to_step(self.end, self.total_steps, "end"))
