@@ -59,6 +59,7 @@ declare -A RUNS=(
   [pdp]="+pruner=pdp pruner.sparsity=0.9"
   [pdp_nm]="+pruner=pdp pruner.granularity=nm"
   [bip]="+pruner=bip pruner.sparsity=0.9"
+  [lapp]="+pruner=lapp pruner.max_flops_ratio=0.5 pruner.update_every=5"
 )
 for name in $(printf '%s\n' "${!RUNS[@]}" | sort); do
   echo "=== $name: ${RUNS[$name]}" >> "$RESULTS_DIR/runs.log"

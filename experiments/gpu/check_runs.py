@@ -29,7 +29,11 @@ def check_run(run_dir: Path) -> dict:
         steps=results.get("steps"),
         exported=(run_dir / "export" / "model.safetensors").exists() and (run_dir / "export" / "model.json").exists(),
     )
-    if config.get("granularity") == "channel":  # target is a fraction of channels; weights zeroed differ
+    if config.get("max_flops_ratio") is not None:  # a FLOPs budget (LAPP): measured on the slimmed network
+        ratio = results["flops_sparse"] / max(1, results["flops_dense"])
+        out.update(target=config["max_flops_ratio"], flops_ratio=ratio)
+        reached = ratio <= config["max_flops_ratio"] + 1e-9
+    elif config.get("granularity") == "channel":  # target is a fraction of channels; weights zeroed differ
         reached = out["sparsity"] is not None and out["sparsity"] > 0
     else:
         reached = target is not None and out["sparsity"] is not None and abs(out["sparsity"] - target) < 2e-3
