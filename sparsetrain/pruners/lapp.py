@@ -20,6 +20,7 @@ Our choices where the abstract is silent (see the class docstring for the formul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -115,7 +116,9 @@ class LAPP(Pruner):
                 out[name] = model.get_submodule(name)
         return out
 
-    def on_fit_start(self, optimizer, schedulers=(), steps_per_epoch=None) -> None:
+    def on_fit_start(
+        self, optimizer: torch.optim.Optimizer, schedulers: Sequence[Any] = (), steps_per_epoch: int | None = None
+    ) -> None:
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not self.slimmed:
             raise ValueError(
