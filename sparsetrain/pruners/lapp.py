@@ -388,6 +388,8 @@ class LAPP(Pruner):
 
     def accounting(self, example_input: torch.Tensor | None) -> dict[str, Any] | None:
         """results.json's accounting of the slimmed network, measured (`torch.utils.flop_counter`)."""
+        if not self.slimmed:
+            return None  # before slimming the masks describe the network (the bypasses counted as layers)
         final = self.final
         layers = {}
         for name in final["rates"]:
