@@ -211,16 +211,9 @@ def load_exported(
         arch = spec.get("arch")
         if not arch:
             raise ValueError(f"{directory / SPEC} has no builder (a custom architecture): pass model=<dense network>")
-        from sparsetrain.models import build_model
+        from sparsetrain.models import build_from_arch
 
-        model = build_model(
-            arch["source"],
-            arch["name"],
-            in_chans=arch["in_chans"],
-            num_classes=arch["num_classes"],
-            image_size=arch["image_size"],
-            **arch.get("kwargs", {}),
-        )
+        model = build_from_arch(arch)
     example = torch.zeros(1, *spec["input_shape"])
     remove_channels(model, example, [ChannelRemoval.from_json(r) for r in spec.get("removed_channels", [])])
     try:
@@ -278,16 +271,9 @@ def export_run(
     shape = (arch["in_chans"], arch["image_size"], arch["image_size"])
     dense = None
     if removed:  # the network was slimmed in training: count the dense architecture it came from
-        from sparsetrain.models import build_model
+        from sparsetrain.models import build_from_arch
 
-        base = build_model(
-            arch["source"],
-            arch["name"],
-            in_chans=arch["in_chans"],
-            num_classes=arch["num_classes"],
-            image_size=arch["image_size"],
-            **arch.get("kwargs", {}),
-        )
+        base = build_from_arch(arch)
         dense = _count(base.eval(), torch.zeros(1, *shape))[0::2]
     return out, export_network(
         network,

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sparsetrain.callback import STATE_PREFIX, pruner_in_checkpoint
-from sparsetrain.models import build_model
+from sparsetrain.models import build_from_arch
 
 CONFIG = Path(".hydra") / "config.yaml"
 
@@ -118,14 +118,7 @@ def finalized_network(
     """
     ckpt = load_checkpoint(ckpt_path)
     arch = run_arch(cfg)
-    network = build_model(
-        arch["source"],
-        arch["name"],
-        in_chans=arch["in_chans"],
-        num_classes=arch["num_classes"],
-        image_size=arch["image_size"],
-        **arch["kwargs"],
-    )
+    network = build_from_arch(arch)
     key = pruner_in_checkpoint(ckpt)
     pruner = None
     if key is not None:

@@ -187,3 +187,15 @@ def _working_size(model: nn.Module, in_chans: int, image_size: int) -> int:
             continue
         return size
     return 224
+
+
+def build_from_arch(arch: dict[str, Any]) -> nn.Module:
+    """`build_model` from its recorded arguments (`model.json`'s and `restore.run_arch`'s `arch`)."""
+    return build_model(
+        arch["source"],
+        arch["name"],
+        in_chans=arch["in_chans"],
+        num_classes=arch["num_classes"],
+        image_size=arch["image_size"],
+        **arch.get("kwargs", {}),
+    )

@@ -186,12 +186,16 @@ class LAPP(Pruner):
     def flops_ratio(self, masks: list[torch.Tensor], bypass: bool = False) -> torch.Tensor:
         """FLOPs under `masks` over the dense network's: the deployed network's, or (`bypass`) the bypasses'."""
         kept = [m.sum() / size for m, size in zip(masks, self._sizes, strict=True)]
-        total = masks[0].new_zeros(()) + (0.0 if bypass else self._other_flops)
+        return masks[0].new_zeros(()) + self._kept_flops_ratio(kept, bypass)
+
+    def _kept_flops_ratio(self, kept: list, bypass: bool = False) -> Any:
+        """Σ_layers F_l·kept_in·kept_out (+ the layers no group touches) over the dense FLOPs, from the kept
+        fraction of every group (floats, or tensors carrying gradients)."""
+        total = 0.0 if bypass else self._other_flops
         for flops, gin, gout, is_bypass in self._terms:
-            if is_bypass != bypass or flops == 0:
-                continue
-            term = masks[0].new_tensor(flops)
-            total = total + term * (kept[gin] if gin is not None else 1.0) * (kept[gout] if gout is not None else 1.0)
+            if is_bypass == bypass and flops:
+                kept_in = kept[gin] if gin is not None else 1.0
+                total = total + flops * kept_in * (kept[gout] if gout is not None else 1.0)
         return total / self.dense_flops
 
     def penalty(self) -> torch.Tensor | None:
@@ -277,12 +281,7 @@ class LAPP(Pruner):
         )
 
         def ratio() -> float:
-            kept = [float(k.sum()) / size for k, size in zip(keeps, self._sizes, strict=True)]
-            total = self._other_flops
-            for flops, gin, gout, is_bypass in self._terms:
-                if not is_bypass:
-                    total += flops * (kept[gin] if gin is not None else 1.0) * (kept[gout] if gout is not None else 1.0)
-            return total / self.dense_flops
+            return self._kept_flops_ratio([float(k.sum()) / size for k, size in zip(keeps, self._sizes, strict=True)])
 
         for _, gi, c in order:  # lowest margin first
             if ratio() <= self.max_flops_ratio:
