@@ -207,6 +207,23 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return {"cfg": cfg, "datamodule": datamodule, "network": network, "pruner": pruner, "module": module}
 
 
+def snapshots(run_dir: Path, every: int) -> ModelCheckpoint:
+    """`checkpoints/step<N>.ckpt` after every `every`-th optimizer step, all kept.
+
+    Written after the step's optimizer update and before the next forward, so with `every` = an IMP round's
+    length each file holds that round's trained network, before the next round prunes and rewinds it
+    (`sparsetrain.restore.finalized_network` reads one like any checkpoint).
+    """
+    return ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=every,
+        save_top_k=-1,
+        monitor=None,
+    )
+
+
 def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     """Train, finalize, test and write `results.json`; returns the final `val/acc` for sweepers.
 
@@ -227,6 +244,8 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.get("snapshot_every_n_steps"):  # kept next to best/last: e.g. every IMP round's trained ticket
+        callbacks.append(snapshots(run_dir, cfg.snapshot_every_n_steps))
     if cfg.get("progress_bar", True):
         callbacks.append(RichProgressBar())
     if sparsity_cb is not None:

@@ -133,6 +133,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not _is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    every = cfg.get("snapshot_every_n_steps")
+    if every is not None and (not _is_int(every) or every < 1):
+        raise ConfigError(f"snapshot_every_n_steps must be null or an integer >= 1 optimizer steps, got {every!r}")
     if cfg.get("trainer") is not None:
         _check_trainer(cfg.trainer)
     if cfg.get("data") is not None:

@@ -204,6 +204,28 @@ def test_imp_runs_all_rounds_in_one_fit(compose):
     assert sum(x["steps"] for x in r["rounds"]) == r["steps"]
 
 
+
+def test_imp_snapshots_hold_each_rounds_trained_ticket(compose):
+    """`snapshot_every_n_steps` = a round keeps every round's network before the next round prunes it."""
+    from sparsetrain.restore import finalized_network
+
+    cfg = compose("+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "trainer.max_epochs=1",
+                  "snapshot_every_n_steps=5")  # fmt: skip
+    run(cfg)
+    r = _results(cfg)
+    ckpts = Path(cfg.output_dir) / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*.ckpt")) == ["step000005.ckpt", "step000010.ckpt", "step000015.ckpt"]
+    walls = [x["wall_s"] for x in r["rounds"]]
+    assert walls == sorted(walls) and walls[0] > 0
+    for step, record in zip((5, 10, 15), r["rounds"], strict=True):
+        network, *_ = finalized_network(ckpts / f"step{step:06d}.ckpt", cfg)
+        weights = [m.weight for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        zeros = sum(int((w == 0).sum()) for w in weights[1:-1])  # keep_first_last: the targets
+        assert zeros / sum(w.numel() for w in weights[1:-1]) == pytest.approx(record["sparsity"], abs=1e-3)
+    exported, last = load_file(Path(cfg.output_dir) / "export" / "model.safetensors"), network.state_dict()
+    assert exported.keys() == last.keys() and all(torch.equal(v, last[k]) for k, v in exported.items())
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

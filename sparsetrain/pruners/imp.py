@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any
 
 import torch
@@ -73,6 +74,7 @@ class IMP(Pruner):
         self.history: list[dict[str, Any]] = []
         self._snapshot: dict[str, Any] | None = None
         self.last_val_acc: float | None = None
+        self._wall_before, self._clock = 0.0, time.monotonic()  # wall time of the fit, summed over resumes
 
     def round_sparsity(self, r: int) -> float:
         """Sparsity after pruning round r (1-based); the last round lands exactly on `sparsity`."""
@@ -83,6 +85,7 @@ class IMP(Pruner):
         return min(self.sparsity, 1.0 - (1.0 - self.prune_fraction) ** r)
 
     def on_attach(self) -> None:
+        self._clock = time.monotonic()
         self.round_steps = self.total_steps
         if self.rewind_step >= self.round_steps:
             raise ValueError(
@@ -142,7 +145,12 @@ class IMP(Pruner):
             "val_acc": self.last_val_acc,
             "steps": self.round_steps if r == 0 else self.round_steps - self.rewind_step,
             "end_step": step,
+            "wall_s": round(self.wall_seconds(), 2),
         }
+
+    def wall_seconds(self) -> float:
+        """Wall time since the fit began (validation included), summed over the processes of a resumed run."""
+        return self._wall_before + time.monotonic() - self._clock
 
     def on_fit_end(self) -> None:
         if len(self.history) == self.round:
@@ -152,10 +160,17 @@ class IMP(Pruner):
         return {"rounds": self.history}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"round": self.round, "history": self.history, "snapshot": self._snapshot, "seen_step": self._seen_step}
+        return {
+            "round": self.round,
+            "history": self.history,
+            "snapshot": self._snapshot,
+            "seen_step": self._seen_step,
+            "wall_s": self.wall_seconds(),
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.round = state.get("round", 0)
         self.history = list(state.get("history", []))
         self._snapshot = state.get("snapshot")
         self._seen_step = state.get("seen_step", -1)
+        self._wall_before, self._clock = float(state.get("wall_s", 0.0)), time.monotonic()

@@ -1,0 +1,79 @@
+"""Test accuracy of every IMP round's ticket, from the run's `checkpoints/step<N>.ckpt` snapshots.
+
+One IMP run passes through every sparsity of its grid, but `results.json` tests only the last round. With
+`snapshot_every_n_steps` = one round, each snapshot holds a round's trained network just before the next round
+prunes and rewinds it; this script finalizes each one exactly as an export would
+(`sparsetrain.restore.finalized_network`) and evaluates it on the test set. It writes `rounds.json` next to
+`results.json`: per round its sparsity, the training `val_acc` IMP recorded, the test accuracy, the optimizer
+steps done by the end of the round and the fit's wall time by then.
+
+    .venv/bin/python -m experiments.bip.imp_rounds experiments/bip/runs/imp_lr_s95_seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from sparsetrain.restore import finalized_network, load_run_config
+
+
+@torch.inference_mode()
+def test_accuracy(network: nn.Module, loader: torch.utils.data.DataLoader) -> float:
+    """Top-1 accuracy of `network` in eval mode over `loader`."""
+    network.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((network(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / total
+
+
+def target_sparsity(network: nn.Module) -> float:
+    """Fraction of zeros over the weights IMP targets (every conv and linear but the first and the last)."""
+    weights = [m.weight for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][1:-1]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    cfg = load_run_config(args.run_dir)
+    results = json.loads((args.run_dir / "results.json").read_text())
+    history = {r["end_step"]: r for r in results["rounds"]}
+    snapshots = sorted((args.run_dir / "checkpoints").glob("step*.ckpt"))
+    if not snapshots:
+        raise SystemExit(f"no checkpoints/step*.ckpt in {args.run_dir}: run with snapshot_every_n_steps")
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    rows = []
+    for path in snapshots:
+        step = int(path.stem.removeprefix("step"))
+        record = history.get(step)
+        if record is None:
+            raise SystemExit(f"{path.name} is not at the end of an IMP round (ends: {sorted(history)})")
+        network, *_ = finalized_network(path, cfg)
+        row = {
+            "round": record["round"],
+            "sparsity": target_sparsity(network),
+            "val_acc": record["val_acc"],
+            "test_acc": test_accuracy(network, loader),
+            "steps_done": step,
+            "wall_s": record.get("wall_s"),
+        }
+        rows.append(row)
+        print(f"round {row['round']:2d}  sparsity {row['sparsity']:.4f}  val {row['val_acc']:.4f}  "
+              f"test {row['test_acc']:.4f}  steps {step}")  # fmt: skip
+    (args.run_dir / "rounds.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
