@@ -82,6 +82,7 @@ BAD = [
     (["data.val_fraction=1.0"], r"data\.val_fraction must be in \[0, 1\), got 1\.0"),
     (["seed=abc"], r"seed must be an integer, got 'abc'"),
     (["seed=1.5"], r"seed must be an integer, got 1\.5"),
+    (["snapshot_every_n_steps=0"], r"snapshot_every_n_steps must be null or an integer >= 1 optimizer steps, got 0"),
     # a sweep: every job is checked before the first one starts
     (["-m", "seed=0,1", "+pruner=gmp", "pruner.sparsity=0.5,1.5"], r"got 1\.5 \(sweep job: seed=0 \+pruner=gmp"),
 ]

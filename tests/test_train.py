@@ -204,7 +204,6 @@ def test_imp_runs_all_rounds_in_one_fit(compose):
     assert sum(x["steps"] for x in r["rounds"]) == r["steps"]
 
 
-
 def test_imp_snapshots_hold_each_rounds_trained_ticket(compose):
     """`snapshot_every_n_steps` = a round keeps every round's network before the next round prunes it."""
     from sparsetrain.restore import finalized_network
