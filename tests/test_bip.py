@@ -154,6 +154,56 @@ def test_set_to_none_gradients_and_a_targeted_layer_without_gradient():
     assert not torch.allclose(after["fc1.weight"], start["fc1.weight"] / top)
 
 
+
+def test_a_layer_reached_on_some_steps_only_keeps_its_scores_still_on_the_others():
+    """Momentum must not move the scores of a layer this step's graph skipped (a zero gradient would)."""
+
+    class Sometimes(MLP):
+        use_fc2 = True
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(torch.relu(self.fc0(x))))
+            return self.head(torch.relu(self.fc2(h)) if self.use_fc2 else h)
+
+    model = Sometimes()
+    pruner, optimizer = attached(model, score_momentum=0.9)
+    data = batches(4, (16,))
+    for step in range(6):
+        model.use_fc2 = step % 2 == 0
+        x, y = data[step % len(data)]
+        optimizer.zero_grad()  # set_to_none
+        one_backward(model, pruner, step, (x, y))
+        pruner.before_optimizer_step(step, optimizer)
+        optimizer.step()
+        before = pruner.trained_scores()["fc2.weight"].clone()
+        pruner.after_optimizer_step(step, optimizer)
+        moved = not torch.equal(before, pruner.trained_scores()["fc2.weight"])
+        assert moved == model.use_fc2, f"step {step}: fc2 scores moved={moved} with fc2 used={model.use_fc2}"
+
+
+def test_after_every_step_the_mask_is_the_top_k_of_the_scores_just_stepped():
+    """The next forward uses the projection of the current scores, not of last step's (a mask one step late)."""
+    model = MLP()
+    pruner, optimizer = attached(model, steps=20, sparsity=0.75, score_lr=5.0)
+    data, changes = batches(4, (16,)), 0
+    previous = {f: pruner.masks.masks[f].clone() for f in pruner.weights}
+    for step in range(20):
+        optimizer.zero_grad()
+        one_backward(model, pruner, step, data[step % len(data)])
+        pruner.before_optimizer_step(step, optimizer)
+        optimizer.step()
+        pruner.after_optimizer_step(step, optimizer)
+        scores = pruner.trained_scores()
+        flat = torch.cat([v.reshape(-1) for v in scores.values()])
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(round(0.25 * flat.numel())).indices] = True
+        for (fqn, s), k in zip(scores.items(), keep.split([v.numel() for v in scores.values()]), strict=True):
+            assert torch.equal(pruner.masks.masks[fqn].bool(), k.view(s.shape)), f"step {step}: {fqn}"
+            changes += int(not torch.equal(pruner.masks.masks[fqn], previous[fqn]))
+            previous[fqn] = pruner.masks.masks[fqn].clone()
+    assert changes >= 3  # the masks really moved during the run
+
+
 # ------------------------------------------------------------------------------------------- scores vs weights
 def test_scores_never_share_storage_and_a_weight_step_leaves_them_unchanged():
     model = MLP()

@@ -225,10 +225,9 @@ def fit_with_bad_step(key: str, granularity: str, bad_step: int, value: float):
     return pruner, cb, trainer, watch, checker, timeline, cleaner
 
 
-# BiP steps its scores on the step's gradients in `after_optimizer_step` without checking they are finite
-# (`bip.py`, `before_optimizer_step`/`after_optimizer_step`): one NaN step makes every score NaN and the masks
-# the top-k of NaN (layers cut to density 0). Under an AMP scaler the skipped step runs no post-hook, so only
-# non-finite gradients that reach the optimizer step (bf16 or fp32 without a scaler) show it.
+# A non-finite step must leave every mask as it was: BiP, for one, skips its score step then (a NaN score step
+# would make the masks the top-k of NaN). Under an AMP scaler the skipped step runs no post-hook, so only
+# non-finite gradients that reach the optimizer step (bf16 or fp32 without a scaler) exercise this.
 FORWARD_EVENTS = {"imp", "pdp", "bip"}  # events in `before_forward`, from the weights, before any gradient exists
 KNOWN_NON_FINITE_BUGS: dict[str, str] = {}  # pruner -> reason, for cells expected to fail (strict xfail)
 

@@ -244,7 +244,7 @@ class BiP(Pruner):
         if self.phase == BILEVEL and self.grads_finite():  # inf/NaN: no score step (scores would turn NaN)
             self._follow_device()
             self._score_gradients()
-            self._grads_ready = True
+            self._grads_ready = any(s.grad is not None for s in self._scores)  # no gradient at all: no step
             every = self.steps_per_epoch
             if every and step > self.warmup_step and (step - self.warmup_step) % every == 0:
                 metrics.update(self._churn_report())
@@ -282,9 +282,10 @@ class BiP(Pruner):
         if not found:
             return
         scores, params, masks = zip(*found, strict=True)
-        grads = [p.grad for p in params]
-        upper = torch._foreach_mul(grads, list(params))  # ∇_m ℓ(m⊙θ) = ∇_z ℓ ⊙ θ
-        lower = torch._foreach_mul(grads, list(masks))  # ∇_θ ℓ(m⊙θ) = m ⊙ ∇_z ℓ
+        # float32 products: in half precision g⊙g underflows (the implicit term vanishes) or overflows to inf
+        grads = [p.grad.float() for p in params]
+        upper = torch._foreach_mul(grads, [p.detach().float() for p in params])  # ∇_m ℓ(m⊙θ) = ∇_z ℓ ⊙ θ
+        lower = torch._foreach_mul(grads, [m.float() for m in masks])  # ∇_θ ℓ(m⊙θ) = m ⊙ ∇_z ℓ
         torch._foreach_addcmul_(upper, grads, lower, value=-1.0 / self.gamma)  # the implicit term
         for s, g in zip(scores, upper, strict=True):
             s.grad = g.to(dtype=s.dtype, memory_format=torch.contiguous_format)
@@ -292,19 +293,21 @@ class BiP(Pruner):
     def _channel_score_gradients(self) -> None:
         """Per channel: the sum over its output-side entries of the per-weight BiP gradient (chain rule)."""
         grads = [torch.zeros_like(s) for s in self._scores]
+        reached = [False] * len(grads)
         slices = self._slices(grads[0].device)
         for fqn, hard in self._hard.items():
             p = self.masks.param(fqn)
             if p.grad is None:
                 continue
-            g, mult = p.grad, hard.row_keep.view(-1, *([1] * (p.ndim - 1)))
-            entry = g * p.detach() - (g * g * mult) / self.gamma
-            rows = entry.reshape(p.shape[0], -1).sum(1).float()
+            g, mult = p.grad.float(), hard.row_keep.view(-1, *([1] * (p.ndim - 1))).float()
+            entry = g * p.detach().float() - (g * g * mult) / self.gamma
+            rows = entry.reshape(p.shape[0], -1).sum(1)
             for gi, dim, index, root in slices[fqn]:
                 if dim == 0:
                     grads[gi].index_add_(0, root, rows[index])
-        for s, g in zip(self._scores, grads, strict=True):
-            s.grad = g
+                    reached[gi] = True
+        for s, g, got in zip(self._scores, grads, reached, strict=True):
+            s.grad = g if got else None  # a group no gradient reached this step: no score step (momentum too)
 
     # ------------------------------------------------------------------------------------------- masks
     @torch.no_grad()
