@@ -23,6 +23,7 @@ from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
 from sparsetrain.config import validate
 from sparsetrain.export import export_network
+from sparsetrain.init_from import load_initial_weights
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
 from sparsetrain.plots import plot_run_safely
@@ -151,11 +152,11 @@ def dense_reference(cfg: DictConfig, data: str, extended: bool = False) -> float
     """Dense test accuracy of the same budget and recipe from the committed reference (mean over seeds), if any.
 
     The reference is for whole epochs of one recipe (batch size, optimizer, LR); a run cut short
-    (`max_steps`, `limit_train_batches`), trained differently, or `extended` beyond its budget by the pruner
-    (several rounds) has none.
+    (`max_steps`, `limit_train_batches`), trained differently, started from trained weights (`init_from`), or
+    `extended` beyond its budget by the pruner (several rounds) has none.
     """
     trainer_cfg = cfg.trainer
-    if not DENSE_REFERENCE.exists() or extended:
+    if not DENSE_REFERENCE.exists() or extended or cfg.get("init_from"):
         return None
     if trainer_cfg.get("max_steps", -1) not in (-1, None) or trainer_cfg.get("limit_train_batches") not in (None, 1.0):
         return None
@@ -197,6 +198,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         image_size=datamodule.image_size,
         **cfg.model.kwargs,
     )
+    if cfg.get("init_from"):  # before the pruner attaches and reparametrizes the weights
+        load_initial_weights(network, cfg.init_from, f"model {cfg.model.name}")
     module = ClassificationModule(
         network,
         datamodule.num_classes,
@@ -309,6 +312,7 @@ def _fit_and_report(
         "steps": int(trainer.global_step),
         "max_epochs": cfg.trainer.get("max_epochs"),
         "pruner_config": pruner.describe() if pruner is not None else None,
+        "init_from": cfg.get("init_from"),
         **extra,
         "layers": summary["layers"],
     }

@@ -133,6 +133,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not _is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    init = cfg.get("init_from")
+    if init is not None and not Path(str(init)).exists():
+        raise ConfigError(f"init_from={init} does not exist (a run directory, its export/ or a .ckpt)")
     every = cfg.get("snapshot_every_n_steps")
     if every is not None and (not _is_int(every) or every < 1):
         raise ConfigError(f"snapshot_every_n_steps must be null or an integer >= 1 optimizer steps, got {every!r}")

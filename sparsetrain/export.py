@@ -229,7 +229,8 @@ def load_exported(
     return model
 
 
-def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+def state_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `model.load_state_dict(state, strict=True)` from working: missing, unexpected, mis-shaped keys."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -238,6 +239,11 @@ def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], directory: Pat
         for k, v in state.items()
         if k in expected and tuple(v.shape) != expected[k]
     ]
+    return problems
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    problems = state_mismatches(model, state)
     if problems:
         raise ValueError(
             f"{directory / WEIGHTS} does not match the architecture {SPEC} describes "

@@ -83,6 +83,7 @@ BAD = [
     (["seed=abc"], r"seed must be an integer, got 'abc'"),
     (["seed=1.5"], r"seed must be an integer, got 1\.5"),
     (["snapshot_every_n_steps=0"], r"snapshot_every_n_steps must be null or an integer >= 1 optimizer steps, got 0"),
+    (["init_from=/nonexistent/run"], r"init_from=/nonexistent/run does not exist \(a run directory, its export/"),
     # a sweep: every job is checked before the first one starts
     (["-m", "seed=0,1", "+pruner=gmp", "pruner.sparsity=0.5,1.5"], r"got 1\.5 \(sweep job: seed=0 \+pruner=gmp"),
 ]

@@ -154,7 +154,6 @@ def test_set_to_none_gradients_and_a_targeted_layer_without_gradient():
     assert not torch.allclose(after["fc1.weight"], start["fc1.weight"] / top)
 
 
-
 def test_a_layer_reached_on_some_steps_only_keeps_its_scores_still_on_the_others():
     """Momentum must not move the scores of a layer this step's graph skipped (a zero gradient would)."""
 

@@ -73,7 +73,7 @@ class BiP(Pruner):
         straight-through gradient ∇_z ℓ ⊙ θ plus the paper's implicit term (Hessian-free, bi-linear);
       - projection: m ← top-k(s), used by the next forward.
     Training is dense until `warmup` (the paper prunes a pretrained model; warmup = 0 prunes the weights the
-    fit starts from, e.g. a checkpoint), bi-level until 1 − `finetune`, then the mask is fixed and only the
+    fit starts from, e.g. `init_from=<dense run>`), bi-level until 1 − `finetune`, then the mask is fixed and only the
     weights train. The exported mask (`finalize`) is the last top-k of the trained scores, exactly.
 
     What the released code (OPTML-Group/BiP) does instead, not reproduced: its implicit term uses the score
