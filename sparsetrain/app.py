@@ -213,9 +213,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 def snapshots(run_dir: Path, every: int) -> ModelCheckpoint:
     """`checkpoints/step<N>.ckpt` after every `every`-th optimizer step, all kept.
 
-    Written after the step's optimizer update and before the next forward, so with `every` = an IMP round's
-    length each file holds that round's trained network, before the next round prunes and rewinds it
-    (`sparsetrain.restore.finalized_network` reads one like any checkpoint).
+    Written after the step's optimizer update and before the next forward, so with `every` = the length of a
+    method's round (iterative pruning) each file holds that round's trained network, before the next round
+    prunes and rewinds it (`sparsetrain.restore.finalized_network` reads one like any checkpoint).
     """
     return ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -247,7 +247,7 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
-    if cfg.get("snapshot_every_n_steps"):  # kept next to best/last: e.g. every IMP round's trained ticket
+    if cfg.get("snapshot_every_n_steps"):  # kept next to best/last: e.g. every pruning round's network
         callbacks.append(snapshots(run_dir, cfg.snapshot_every_n_steps))
     if cfg.get("progress_bar", True):
         callbacks.append(RichProgressBar())
