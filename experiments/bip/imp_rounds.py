@@ -5,7 +5,8 @@ One IMP run passes through every sparsity of its grid, but `results.json` tests 
 prunes and rewinds it; this script finalizes each one exactly as an export would
 (`sparsetrain.restore.finalized_network`) and evaluates it on the test set. It writes `rounds.json` next to
 `results.json`: per round its sparsity, the training `val_acc` IMP recorded, the test accuracy, the optimizer
-steps done by the end of the round and the fit's wall time by then.
+steps done by the end of the round and the fit's wall time by then. It may run while the fit goes on: each
+snapshot's test result is kept in `tickets.json`, and `rounds.json` is written once `results.json` exists.
 
     .venv/bin/python -m experiments.bip.imp_rounds experiments/bip/runs/imp_lr_s95_seed0
 """
@@ -45,33 +46,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     cfg = load_run_config(args.run_dir)
-    results = json.loads((args.run_dir / "results.json").read_text())
-    history = {r["end_step"]: r for r in results["rounds"]}
     snapshots = sorted((args.run_dir / "checkpoints").glob("step*.ckpt"))
-    if not snapshots:
+    cache_path = args.run_dir / "tickets.json"  # per snapshot step: sparsity and test accuracy (reruns skip them)
+    tickets = {int(k): v for k, v in json.loads(cache_path.read_text()).items()} if cache_path.exists() else {}
+    if not snapshots and not tickets:
         raise SystemExit(f"no checkpoints/step*.ckpt in {args.run_dir}: run with snapshot_every_n_steps")
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
-    rows = []
     for path in snapshots:
         step = int(path.stem.removeprefix("step"))
-        record = history.get(step)
-        if record is None:
-            raise SystemExit(f"{path.name} is not at the end of an IMP round (ends: {sorted(history)})")
+        if step in tickets:
+            continue
         network, *_ = finalized_network(path, cfg)
-        row = {
-            "round": record["round"],
-            "sparsity": target_sparsity(network),
-            "val_acc": record["val_acc"],
-            "test_acc": test_accuracy(network, loader),
-            "steps_done": step,
-            "wall_s": record.get("wall_s"),
-        }
-        rows.append(row)
-        print(f"round {row['round']:2d}  sparsity {row['sparsity']:.4f}  val {row['val_acc']:.4f}  "
-              f"test {row['test_acc']:.4f}  steps {step}")  # fmt: skip
+        tickets[step] = {"sparsity": target_sparsity(network), "test_acc": test_accuracy(network, loader)}
+        print(f"step {step}: sparsity {tickets[step]['sparsity']:.4f}  test {tickets[step]['test_acc']:.4f}")
+        cache_path.write_text(json.dumps(tickets, indent=1) + "\n")
+    results_path = args.run_dir / "results.json"
+    if not results_path.exists():  # the run is still going: evaluated what exists so far
+        return
+    rows = []
+    for record in json.loads(results_path.read_text())["rounds"]:
+        ticket = tickets.get(record["end_step"])
+        if ticket is None:
+            raise SystemExit(f"no snapshot at step {record['end_step']} (round {record['round']}'s end)")
+        rows.append(
+            {
+                "round": record["round"],
+                "sparsity": ticket["sparsity"],
+                "val_acc": record["val_acc"],
+                "test_acc": ticket["test_acc"],
+                "steps_done": record["end_step"],
+                "wall_s": record.get("wall_s"),
+            }
+        )
+        print(f"round {record['round']:2d}  sparsity {ticket['sparsity']:.4f}  val {record['val_acc']:.4f}  "
+              f"test {ticket['test_acc']:.4f}  steps {record['end_step']}")  # fmt: skip
     (args.run_dir / "rounds.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -4,7 +4,7 @@
 # IMP: ONE run of 13 rounds to 95 %, each round the same 1263 steps as BiP's whole run (learning-rate rewinding
 # to step 0, Renda et al. 2020); every round prunes 1 - 0.05^(1/13) = 20.6 % of the remaining weights, so round 10
 # ends at 90.0 % and round 13 at 95.0 %. `snapshot_every_n_steps=1263` keeps each round's trained ticket, which
-# `imp_rounds.py` evaluates on the test set. Then: .venv/bin/python -m experiments.bip.summarize
+# `imp_rounds.py` evaluates on the test set (it may also run during the fit). Then: .venv/bin/python -m experiments.bip.summarize
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUNS=experiments/bip/runs
