@@ -6,7 +6,8 @@ prunes and rewinds it; this script finalizes each one exactly as an export would
 (`sparsetrain.restore.finalized_network`) and evaluates it on the test set. It writes `rounds.json` next to
 `results.json`: per round its sparsity, the training `val_acc` IMP recorded, the test accuracy, the optimizer
 steps done by the end of the round and the fit's wall time by then. It may run while the fit goes on: each
-snapshot's test result is kept in `tickets.json`, and `rounds.json` is written once `results.json` exists.
+snapshot's test result is kept in `tickets.json`, and `rounds.json` lists the rounds recorded so far (all of
+them once `results.json` exists).
 
     .venv/bin/python -m experiments.bip.imp_rounds experiments/bip/runs/imp_lr_s95_seed0
 """
@@ -41,6 +42,19 @@ def target_sparsity(network: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
+def round_history(run_dir: Path) -> list[dict]:
+    """IMP's per-round records: from `results.json` once the fit is done, else from its newest checkpoint (a run
+    still going, or stopped early: the rounds finished by then, each recorded when the next one began)."""
+    results = run_dir / "results.json"
+    if results.exists():
+        return json.loads(results.read_text())["rounds"]
+    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    callbacks = torch.load(newest, map_location="cpu", weights_only=True)["callbacks"]
+    state = next(v["pruner"] for k, v in callbacks.items() if k.startswith("SparsityCallback["))
+    print(f"{run_dir}: no results.json yet; rounds recorded in {newest.name}: {len(state['history'])}")
+    return state["history"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -63,11 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         tickets[step] = {"sparsity": target_sparsity(network), "test_acc": test_accuracy(network, loader)}
         print(f"step {step}: sparsity {tickets[step]['sparsity']:.4f}  test {tickets[step]['test_acc']:.4f}")
         cache_path.write_text(json.dumps(tickets, indent=1) + "\n")
-    results_path = args.run_dir / "results.json"
-    if not results_path.exists():  # the run is still going: evaluated what exists so far
-        return
+    history = round_history(args.run_dir)
     rows = []
-    for record in json.loads(results_path.read_text())["rounds"]:
+    for record in history:
         ticket = tickets.get(record["end_step"])
         if ticket is None:
             raise SystemExit(f"no snapshot at step {record['end_step']} (round {record['round']}'s end)")

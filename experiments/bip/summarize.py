@@ -62,10 +62,9 @@ def bip_rows(costs: dict[str, float]) -> list[dict]:
 def imp_rounds(costs: dict[str, float]) -> list[dict]:
     """Every IMP round's ticket, with the steps, compute and wall time spent up to the end of that round."""
     rounds = _load(IMP_RUN / "rounds.json")
-    results = _load(IMP_RUN / "results.json")
-    if rounds is None or results is None:
+    if not rounds:
         return []
-    round_steps = results["rounds"][0]["steps"]
+    round_steps = rounds[0]["steps_done"]  # round 0 (dense) is one round's budget
     rows = []
     for r in rounds:
         steps = r["steps_done"]
@@ -73,7 +72,6 @@ def imp_rounds(costs: dict[str, float]) -> list[dict]:
             {
                 "method": "IMP (LR rewinding)",
                 "run": IMP_RUN.name,
-                "seed": results["seed"],
                 "round": r["round"],
                 "sparsity": r["sparsity"],
                 "val_acc": r["val_acc"],
