@@ -1,4 +1,4 @@
-"""BiP against IMP at 90 % and 95 % (accuracy, optimizer steps, compute, wall time): table, summary.json, plot.
+"""BiP against IMP at 90 % and 95 % (accuracy, optimizer steps, compute, wall time): results.md, summary.json, plot.
 
     .venv/bin/python -m experiments.bip.summarize
 
@@ -173,28 +173,49 @@ def plot(bip: list[dict], imp: list[dict], gmp: list[dict], dense: list[dict], p
     plt.close(fig)
 
 
+def markdown(costs: dict[str, float], table: list[dict], imp: list[dict], gmp: list[dict]) -> str:
+    """The comparison and every IMP round, as the markdown `results.md` holds."""
+    lines = [
+        f"Step cost / dense (CPU, batch 128, interleaved): BiP {costs['bip']:.3f}, masked (IMP) "
+        f"{costs['magnitude']:.3f}. Compute in dense-step equivalents.",
+        "",
+        "| target | BiP test acc | IMP round: sparsity, test acc | BiP − IMP | GMP (one run, 2 seeds) "
+        "| steps BiP / IMP | compute IMP / BiP | wall s BiP / IMP | wall IMP / BiP |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in table:
+        accs = ", ".join(f"{a:.4f}" for a in c["bip_test_acc"])
+        g = [r["test_acc"] for r in gmp if abs(r["target"] - c["target"]) < 1e-6]
+        lines.append(
+            f"| {c['target']:.0%} | {accs} | {c['imp_round']}: {c['imp_sparsity']:.4f}, {c['imp_test_acc']:.4f} "
+            f"| {c['acc_bip_minus_imp']:+.4f} | {', '.join(f'{a:.4f}' for a in g) or '–'} "
+            f"| {c['bip_steps']:.0f} / {c['imp_steps']} | {c['compute_imp_over_bip']:.1f}× "
+            f"| {c['bip_wall_s']:.0f} / {c['imp_wall_s']:.0f} | {c['wall_imp_over_bip']:.1f}× |"
+        )
+    if imp:
+        lines += ["", "| IMP round | sparsity | val acc | test acc | steps done | wall s |"]
+        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r['round']} | {r['sparsity']:.4f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | {r['steps']} "
+            f"| {r['wall_s']:.0f} |"
+            for r in imp
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     costs = step_costs()
     bip, imp = bip_rows(costs), imp_rounds(costs)
     gmp = [r for r in protocol_rows("gmp") if any(abs(r["target"] - t) < 1e-6 for t in TARGETS)]
     dense = protocol_rows("dense")
     table = comparison(bip, imp)
-    print(f"step cost / dense (CPU, batch 128, interleaved): BiP {costs['bip']:.3f}, masked {costs['magnitude']:.3f}")
-    print("| target | BiP test acc (seeds) | IMP round: sparsity, test acc | BiP − IMP | steps BiP / IMP | "
-          "compute IMP / BiP | wall s BiP / IMP | wall IMP / BiP |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for c in table:
-        accs = ", ".join(f"{a:.4f}" for a in c["bip_test_acc"])
-        print(f"| {c['target']:.0%} | {c['bip_test_acc_mean']:.4f} ({accs}) | {c['imp_round']}: "
-              f"{c['imp_sparsity']:.4f}, {c['imp_test_acc']:.4f} | {c['acc_bip_minus_imp']:+.4f} | "
-              f"{c['bip_steps']:.0f} / {c['imp_steps']} | {c['compute_imp_over_bip']:.1f}× | "
-              f"{c['bip_wall_s']:.0f} / {c['imp_wall_s']:.0f} | {c['wall_imp_over_bip']:.1f}× |")  # fmt: skip
-    if imp:
-        print("\nIMP rounds: " + ", ".join(f"{r['sparsity']:.3f}→{r['test_acc']:.4f}" for r in imp))
+    text = markdown(costs, table, imp, gmp)
+    print(text)
+    (HERE / "results.md").write_text(text)
     summary = {"step_cost": costs, "comparison": table, "bip": bip, "imp_rounds": imp, "gmp": gmp, "dense": dense}
     (HERE / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(bip, imp, gmp, dense, HERE / "bip_vs_imp.png")
-    print(f"wrote {HERE / 'summary.json'} and {HERE / 'bip_vs_imp.png'}")
+    print(f"wrote {HERE / 'results.md'}, {HERE / 'summary.json'} and {HERE / 'bip_vs_imp.png'}")
 
 
 if __name__ == "__main__":
