@@ -36,6 +36,19 @@ def step_costs() -> dict[str, float]:
     return {v: summary[v]["step_median_ratio"]["median"] for v in ("bip", "magnitude")}
 
 
+def run_row(method: str, path: Path, r: dict) -> dict:
+    """The fields every one-run row shares, from its `results.json`."""
+    return {
+        "method": method,
+        "run": path.name,
+        "seed": r["seed"],
+        "target": round(r["sparsity"], 2),
+        "sparsity": r["sparsity"],
+        "test_acc": r["test_acc"],
+        "steps": r["steps"],
+    }
+
+
 def bip_rows(costs: dict[str, float]) -> list[dict]:
     rows = []
     for path in sorted(RUNS.glob("bip_s*_seed*")):
@@ -43,19 +56,8 @@ def bip_rows(costs: dict[str, float]) -> list[dict]:
         if r is None:
             continue
         dense_steps = r["warmup_step"]
-        rows.append(
-            {
-                "method": "BiP",
-                "run": path.name,
-                "seed": r["seed"],
-                "target": round(r["sparsity"], 2),
-                "sparsity": r["sparsity"],
-                "test_acc": r["test_acc"],
-                "steps": r["steps"],
-                "compute": dense_steps + (r["steps"] - dense_steps) * costs["bip"],
-                "wall_s": r["train_time_s"],
-            }
-        )
+        compute = dense_steps + (r["steps"] - dense_steps) * costs["bip"]
+        rows.append({**run_row("BiP", path, r), "compute": compute, "wall_s": r["train_time_s"]})
     return rows
 
 
@@ -91,17 +93,7 @@ def protocol_rows(method: str) -> list[dict]:
         r = _load(path / "results.json")
         if r is None or (method == "gmp" and "nm" in path.name):
             continue
-        rows.append(
-            {
-                "method": method.upper() if method == "gmp" else "dense",
-                "run": path.name,
-                "seed": r["seed"],
-                "target": round(r["sparsity"], 2),
-                "sparsity": r["sparsity"],
-                "test_acc": r["test_acc"],
-                "steps": r["steps"],
-            }
-        )
+        rows.append(run_row(method.upper() if method == "gmp" else "dense", path, r))
     return rows
 
 
