@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from sparsetrain.accounting import account, module_flops
-from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
+from sparsetrain.callback import SparsityCallback
+from sparsetrain.checkpointing import LatestCheckpoint
 from sparsetrain.config import validate
 from sparsetrain.export import export_network
 from sparsetrain.init_from import load_initial_weights
@@ -29,6 +29,7 @@ from sparsetrain.module import ClassificationModule
 from sparsetrain.plots import plot_run_safely
 from sparsetrain.quiet import quiet, quiet_wandb
 from sparsetrain.restore import run_arch
+from sparsetrain.resume import RunSettings, allowed_pruner_changes, check_resume
 from sparsetrain.slim import ChannelRemoval
 from sparsetrain.targets import select_targets
 
@@ -166,26 +167,10 @@ def dense_reference(cfg: DictConfig, data: str, extended: bool = False) -> float
     return json.loads(DENSE_REFERENCE.read_text()).get(key)
 
 
-def check_resume(ckpt_path: str, pruner_key: str | None) -> None:
-    """Fail in one line when a checkpoint is resumed with another pruner than the one that wrote it.
-
-    Hydra does not restore a run's config from its checkpoint, so the user repeats the overrides; a missing
-    or different `+pruner=` would otherwise fail deep inside the state-dict load (or, with the same mask
-    buffers, silently continue another method's masks).
-    """
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    wrote = pruner_in_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True))
-    if wrote != pruner_key:
-        raise ValueError(
-            f"ckpt_path was written by a run with {f'+pruner={wrote}' if wrote else 'no pruner'}, but this run has "
-            f"{f'+pruner={pruner_key}' if pruner_key else 'none'}: repeat the original run's overrides when resuming"
-        )
-
-
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate everything a run needs, validating before any training starts."""
     cfg = validate(cfg)
+    check_resume(cfg)  # before anything is built: a wrong checkpoint or changed settings fail in one line
     pl.seed_everything(cfg.seed, workers=True)
     pruner = instantiate(cfg.pruner) if cfg.get("pruner") else None  # bad pruner keys fail before any data loads
     datamodule = instantiate(cfg.data, seed=cfg.seed)
@@ -239,12 +224,16 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
     cfg, pruner = parts["cfg"], parts["pruner"]
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sparsity_cb = SparsityCallback(pruner) if pruner is not None else None
+    sparsity_cb = None
+    if pruner is not None:
+        sparsity_cb = SparsityCallback(pruner, allow_changed=allowed_pruner_changes(cfg))
     callbacks = [
         *(callbacks or []),
-        ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/acc", mode="max", save_last=True
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor="val/acc", mode="max"),
+        LatestCheckpoint(
+            run_dir / "checkpoints", cfg.get("checkpoint_every_n_steps"), cfg.get("checkpoint_every_minutes")
         ),
+        RunSettings(cfg),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.get("snapshot_every_n_steps"):  # kept next to best/last: e.g. every pruning round's network
@@ -253,8 +242,6 @@ def run(cfg: DictConfig, callbacks: list[pl.Callback] | None = None) -> float:
         callbacks.append(RichProgressBar())
     if sparsity_cb is not None:
         callbacks.append(sparsity_cb)
-    if cfg.get("ckpt_path"):
-        check_resume(cfg.ckpt_path, pruner.key if pruner is not None else None)
     loggers = build_loggers(cfg, run_dir)
     try:
         val_acc = _fit_and_report(cfg, parts, run_dir, callbacks, sparsity_cb, loggers)
@@ -351,4 +338,4 @@ def _fit_and_report(
     return float(val_acc) if val_acc is not None else float("nan")
 
 
-__all__ = ["check_resume", "dense_reference", "output_dir", "prepare", "reference_key", "run"]
+__all__ = ["dense_reference", "output_dir", "prepare", "reference_key", "run"]

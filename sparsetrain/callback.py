@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,7 +13,9 @@ from torch import nn
 from typing_extensions import override
 
 from sparsetrain.accounting import account, module_flops
+from sparsetrain.checkpointing import apply_loader_states
 from sparsetrain.pruners.base import Pruner
+from sparsetrain.resume import STATE_PREFIX, differences, flatten, pruner_in_checkpoint
 from sparsetrain.targets import candidate_layers
 
 
@@ -37,22 +40,14 @@ def example_input(trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.T
     dm = trainer.datamodule
     if dm is not None and all(hasattr(dm, k) for k in ("in_chans", "image_size")):
         return torch.zeros(1, dm.in_chans, dm.image_size, dm.image_size)
+    if trainer.train_dataloader is None:
+        # Under `max_steps` Lightning knows the budget without loading the data; load it as it would anyway.
+        trainer.fit_loop.setup_data()
     loader = trainer.train_dataloader
     if loader is not None:
         batch = next(iter(loader))
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return x[:1].detach().cpu()
-    return None
-
-
-STATE_PREFIX = "SparsityCallback["
-
-
-def pruner_in_checkpoint(checkpoint: dict[str, Any]) -> str | None:
-    """Key of the pruner whose callback state a Lightning checkpoint holds (None: written without one)."""
-    for key in checkpoint.get("callbacks", {}):
-        if key.startswith(STATE_PREFIX):
-            return key[len(STATE_PREFIX) : -1]
     return None
 
 
@@ -70,6 +65,8 @@ class SparsityCallback(pl.Callback):
         log_layers: Log `sparsity/<layer>` at every update event.
         example_input: One input batch (for channel coupling and FLOPs). Default: the module's
             `example_input_array`, else the datamodule's `in_chans`/`image_size`, else the first training batch.
+        allow_changed: Pruner keys a resumed checkpoint may have been written with other values of (`*`: all).
+            Checkpoints record the pruner's settings; by default a resume with different ones is refused.
     """
 
     def __init__(
@@ -78,6 +75,7 @@ class SparsityCallback(pl.Callback):
         finalize: bool = True,
         log_layers: bool = True,
         example_input: torch.Tensor | None = None,
+        allow_changed: Sequence[str] = (),
     ) -> None:
         if not isinstance(pruner, Pruner):
             raise ValueError(f"SparsityCallback needs a sparsetrain Pruner, got {type(pruner).__name__}")
@@ -85,6 +83,7 @@ class SparsityCallback(pl.Callback):
         self.do_finalize = finalize
         self.log_layers = log_layers
         self.example_input = example_input
+        self.allow_changed = tuple(allow_changed)
         self.network: nn.Module | None = None
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
@@ -199,6 +198,7 @@ class SparsityCallback(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        apply_loader_states(trainer)  # `setup` built the training loader before the checkpoint was restored
         if self._fit_steps is not None:
             trainer.fit_loop.epoch_loop.max_steps = self._fit_steps
 
@@ -312,8 +312,21 @@ class SparsityCallback(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "pruner": self.pruner.state_dict()}
+        return {"version": 1, "pruner": self.pruner.state_dict(), "config": plain_config(self.pruner.describe())}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        recorded = state_dict.get("config")  # absent in checkpoints written before settings were recorded
+        if recorded is not None and "*" not in self.allow_changed:
+            diffs = differences(recorded, plain_config(self.pruner.describe()), self.allow_changed)
+            if diffs:
+                raise ValueError(
+                    f"the checkpoint was written by {type(self.pruner).__name__} with other settings "
+                    f"({'; '.join(diffs)}): resume with the same settings, or pass allow_changed=[...] on purpose"
+                )
         self.pruner.load_state_dict(state_dict["pruner"])
+
+
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A pruner's `describe()` as plain Python (lists, not tuples), as it reads back from a checkpoint."""
+    return flatten(config)

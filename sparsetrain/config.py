@@ -136,9 +136,22 @@ def validate(cfg: DictConfig) -> DictConfig:
     init = cfg.get("init_from")
     if init is not None and not Path(str(init)).exists():
         raise ConfigError(f"init_from={init} does not exist (a run directory, its export/ or a .ckpt)")
+    if cfg.get("ckpt_path"):
+        from sparsetrain.checkpoint_files import resolve_checkpoint
+
+        resolve_checkpoint(str(cfg.ckpt_path), "ckpt_path")  # a missing or wrong file, before torch is imported
     every = cfg.get("snapshot_every_n_steps")
     if every is not None and (not _is_int(every) or every < 1):
         raise ConfigError(f"snapshot_every_n_steps must be null or an integer >= 1 optimizer steps, got {every!r}")
+    every = cfg.get("checkpoint_every_n_steps")
+    if every is not None and (not _is_int(every) or every < 1):
+        raise ConfigError(f"checkpoint_every_n_steps must be null or an integer >= 1 optimizer steps, got {every!r}")
+    minutes = cfg.get("checkpoint_every_minutes")
+    if minutes is not None and (not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or minutes <= 0):
+        raise ConfigError(f"checkpoint_every_minutes must be null or a number > 0, got {minutes!r}")
+    allow = cfg.get("resume_allow_changes")
+    if allow is not None and not isinstance(allow, (list, ListConfig)):
+        raise ConfigError(f"resume_allow_changes must be a list of keys, e.g. [trainer.max_epochs], got {allow!r}")
     if cfg.get("trainer") is not None:
         _check_trainer(cfg.trainer)
     if cfg.get("data") is not None:
@@ -383,6 +396,10 @@ def check_run(cfg: DictConfig, conf_dir: Path | None = CONF_DIR) -> DictConfig:
         from hydra.utils import instantiate
 
         instantiate(cfg.pruner)  # the constructor raises ValueError naming the key and the allowed values
+    if cfg.get("ckpt_path"):
+        from sparsetrain.resume import check_resume
+
+        check_resume(cfg)  # the checkpoint exists, is one, and was written with these settings
     if cfg.model.source != "builtin":
         _check_model_name(cfg.model, conf_dir or CONF_DIR)
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,6 @@ def exported(run_dir: str) -> Path:
 def test_killed_and_resumed_equals_the_uninterrupted_run(compose, pruner):
     """RigL and SET (the random start and SET's random regrowth continue from the saved generator) and IMP
     (killed in its first round; validation at every epoch end, as `app.run` configures it)."""
-    import json
-
     common = ["trainer.deterministic=true", "trainer.max_epochs=3", "test=true", *pruner]
     full = compose(*common)
     run(full)
@@ -71,3 +70,73 @@ def test_killed_and_resumed_equals_the_uninterrupted_run(compose, pruner):
     for k in wa:
         assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
         assert torch.allclose(wa[k], wb[k], atol=1e-6), f"weights differ in {k}"
+
+
+def test_resume_with_changed_settings_is_refused_naming_every_key(compose):
+    """Hydra does not restore a run's config: a resume that repeats the overrides differently is refused in one
+    line naming each differing key with both values, before anything is built."""
+    first = compose("+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=1", "test=false", "export=false")
+    run(first)
+    ckpt = f"ckpt_path={Path(first.output_dir) / 'checkpoints' / 'last.ckpt'}"
+    changed = compose("+pruner=gmp", "pruner.sparsity=0.5", "trainer.max_epochs=2", "optim.lr=0.05", ckpt)
+    with pytest.raises(ValueError, match="written with other settings") as info:
+        run(changed)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pruner.sparsity: 0.9 in the checkpoint, 0.5 now" in message
+    assert "trainer.max_epochs: 1 in the checkpoint, 2 now" in message
+    assert "optim.lr: 0.1 in the checkpoint, 0.05 now" in message
+    assert not Path(changed.output_dir).exists()  # refused before the run directory exists
+
+
+def test_a_deliberate_change_is_named_in_resume_allow_changes(compose):
+    first = compose("+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=1", "test=false", "export=false")
+    run(first)
+    ckpt = f"ckpt_path={Path(first.output_dir) / 'checkpoints' / 'last.ckpt'}"
+    more = compose("+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=2", ckpt, "test=false", "export=false")
+    with pytest.raises(ValueError, match="trainer.max_epochs"):
+        run(more)
+    allowed = compose(
+        "+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=2", ckpt, "resume_allow_changes=[trainer.max_epochs]"
+    )
+    run(allowed)
+    assert json.loads((Path(allowed.output_dir) / "results.json").read_text())["steps"] == 10
+
+
+def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(compose, tmp_path, caplog):
+    """Checkpoints written before settings were recorded: resumed (pruner still checked), with a warning."""
+    first = compose("+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=1", "test=false", "export=false")
+    run(first)
+    ckpt = torch.load(Path(first.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    del ckpt["callbacks"]["RunSettings"]
+    del ckpt["callbacks"]["SparsityCallback[gmp]"]["config"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    resumed = compose("+pruner=gmp", "pruner.sparsity=0.9", "trainer.max_epochs=2", f"ckpt_path={old}")
+    with caplog.at_level("WARNING", logger="sparsetrain"):
+        run(resumed)
+    assert "written before sparsetrain recorded run settings" in caplog.text
+    other = compose("+pruner=magnitude", "trainer.max_epochs=2", f"ckpt_path={old}")
+    with pytest.raises(ValueError, match=r"written by a run with \+pruner=gmp"):
+        run(other)
+
+
+def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_path):
+    """Users of `SparsityCallback` in their own Trainer get the same check (the pruner's settings are in its
+    state); `allow_changed` accepts a named key."""
+    from sparsetrain import GMP, SparsityCallback
+    from tests.test_device_moves import loader
+    from tests.test_plain_callback import UserModule
+
+    def fit(sparsity: float, ckpt: str | None = None, allow: tuple[str, ...] = ()) -> pl.Trainer:
+        cb = SparsityCallback(GMP(sparsity=sparsity, update_every=2), allow_changed=allow)
+        trainer = pl.Trainer(max_epochs=2 if ckpt else 1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[cb])  # fmt: skip
+        trainer.fit(UserModule(), train_dataloaders=loader(), ckpt_path=ckpt)
+        return trainer
+
+    first = fit(0.9)
+    ckpt = first.checkpoint_callback.best_model_path
+    with pytest.raises(ValueError, match=r"sparsity: 0.9 in the checkpoint, 0.5 now"):
+        fit(0.5, ckpt)
+    assert fit(0.5, ckpt, allow=("sparsity",)).global_step > first.global_step

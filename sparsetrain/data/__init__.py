@@ -1,6 +1,12 @@
 """Lightning DataModules: Fashion-MNIST (default), digits, CIFAR-10/100, ImageNet folders, fake data."""
 
-from sparsetrain.data.base import DataUnavailableError, DeviceLoader, EpochSampler, TensorDataModule
+from sparsetrain.data.base import (
+    DataUnavailableError,
+    DeviceLoader,
+    EpochSampler,
+    ResumableDataLoader,
+    TensorDataModule,
+)
 from sparsetrain.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from sparsetrain.data.digits import DigitsDataModule
 from sparsetrain.data.fake import FakeDataModule
@@ -17,5 +23,6 @@ __all__ = [
     "FakeDataModule",
     "FashionMNISTDataModule",
     "ImageNetDataModule",
+    "ResumableDataLoader",
     "TensorDataModule",
 ]

@@ -38,11 +38,52 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-class DeviceLoader:
+class ResumableEpochs:
+    """Lightning's resumable-loader protocol (`state_dict` / `load_state_dict`) for a loader whose order is a
+    pure function of (seed, epoch): the checkpoint records how many batches of which epoch were handed out, and
+    a run resumed from a checkpoint written mid-epoch skips exactly those, so it trains on the batches the
+    uninterrupted run would have. Lightning fetches no batch ahead of a loader with a length, so the count is
+    what training consumed when the checkpoint was written.
+
+    `position` is the number of batches of the current pass handed out so far (the data module keys its
+    augmentation randomness on it).
+    """
+
+    position = 0
+    _resume: tuple[int, int] | None = None
+
+    def _epoch(self) -> int:
+        raise NotImplementedError
+
+    def _set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch(), "batches": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches"]))
+        self._set_epoch(self._resume[0])  # before Lightning's `set_epoch`, which restores the same epoch
+
+    def _skip(self) -> int:
+        """Batches of this pass to leave out (a resumed mid-epoch checkpoint), once."""
+        resume, self._resume = self._resume, None
+        return resume[1] if resume is not None and resume[0] == self._epoch() else 0
+
+    def _counted(self, batches):
+        """Yield `batches` (an iterator), keeping `position` up to date."""
+        for batch in batches:
+            self.position += 1
+            yield batch
+
+
+class DeviceLoader(ResumableEpochs):
     """Batches of (x, y) indexed from tensors that already live on the training device.
 
-    Under multi-process training each rank takes `perm[rank::world_size]` (equal lengths), the same split
-    rule as `DistributedSampler`.
+    The shuffled order comes from an `EpochSampler` in `.sampler`, where Lightning sets the epoch before
+    every epoch (a resumed run included; `batch_sampler` is None, as for a `DataLoader` batched by its
+    sampler, which is what Lightning looks for). Under multi-process training each rank takes
+    `perm[rank::world_size]` (equal lengths), the same split rule as `DistributedSampler`.
     """
 
     def __init__(
@@ -56,19 +97,28 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        self.batch_sampler = None
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.rank, self.world_size = rank, world_size
+        self.sampler = EpochSampler(len(x), seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def _epoch(self) -> int:
+        return self.sampler.epoch
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
     def _indices(self) -> torch.Tensor:
         n = len(self.x)
-        if self.shuffle:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            idx = torch.arange(n)
+        idx = torch.tensor(list(self.sampler), dtype=torch.long) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
             per_rank = n // self.world_size
             idx = idx[self.rank :: self.world_size][:per_rank]
@@ -79,11 +129,49 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        idx = self._indices()
-        for b in range(len(self)):
+        idx, skip = self._indices(), self._skip()
+        self.position = skip
+        for b in range(skip, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            self.position += 1
             yield self.x[sel], self.y[sel]
-        self.epoch += 1  # plain loops that never call set_epoch still get a new order each pass
+        self.set_epoch(self.epoch + 1)  # plain loops that never call set_epoch still get a new order each pass
+
+
+class ResumableDataLoader(ResumableEpochs, DataLoader):
+    """A `DataLoader` over an `EpochSampler` that resumes mid-epoch (see `ResumableEpochs`).
+
+    Skipped batches are drawn from the sampler only (no sample is loaded for them). Under DDP Lightning wraps
+    the sampler in a distributed one; the skip then counts this rank's batches, which is what it recorded.
+    """
+
+    def _epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
+
+    def _set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        skip = self._skip()
+        self.position = 0
+        batches = super().__iter__()
+        if skip:
+            batches = self._skipping(skip)
+        return self._counted(batches)
+
+    def _skipping(self, skip: int):
+        """The pass with its first `skip` batches left out, without loading them."""
+        self.position = skip
+        indices = list(self.batch_sampler)[skip:]
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=indices,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
+        )
+        return iter(loader)
 
 
 def _check(value: Any, ok: bool, key: str, allowed: str) -> None:
@@ -213,12 +301,18 @@ class TensorDataModule(pl.LightningDataModule):
             return DeviceLoader(
                 x, y, batch, shuffle=train, drop_last=train, seed=self.seed, rank=rank, world_size=world
             )
-        sampler = EpochSampler(len(x), self.seed) if train else None
+        if train:
+            return ResumableDataLoader(
+                TensorDataset(x, y),
+                batch_size=batch,
+                sampler=EpochSampler(len(x), self.seed),
+                drop_last=True,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             TensorDataset(x, y),
             batch_size=batch,
-            sampler=sampler,
-            drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -236,5 +330,17 @@ class TensorDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.augment and trainer is not None and trainer.training:
             x, y = batch
-            return random_crop_flip(x, padding=4, flip=self.flip), y
+            return random_crop_flip(x, padding=4, flip=self.flip, generator=self._augment_generator(x.device)), y
         return batch
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator | None:
+        """A generator seeded by (seed, rank, epoch, batch of the epoch): the same crops and flips for the same batch,
+        so a run resumed from a mid-epoch checkpoint augments exactly as the uninterrupted run (torch's global
+        generator is not in checkpoints)."""
+        loader = self.trainer.train_dataloader
+        position = getattr(loader, "position", None)
+        if position is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(hash((self.seed, self.trainer.global_rank, self.trainer.current_epoch, position)) & (2**62 - 1))
+        return g

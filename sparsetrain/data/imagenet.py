@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from sparsetrain.data.base import DataUnavailableError, EpochSampler
+from sparsetrain.data.base import DataUnavailableError, EpochSampler, ResumableDataLoader
 
 
 class ImageNetDataModule(pl.LightningDataModule):
@@ -89,7 +89,7 @@ class ImageNetDataModule(pl.LightningDataModule):
         self.test_set = ImageFolder(str(self.root / "val"), transform=self._transforms(False))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(  # a mid-epoch resume skips the batches already trained on
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(self.train_set), self.seed),
