@@ -258,3 +258,68 @@ def test_timm_and_torchvision_cnns_are_slimmed_onto_the_budget(source, name):
     measured = flops(model, x) / dense
     assert measured <= 0.6 and measured == pytest.approx(pruner.report()["lapp"]["flops_ratio"])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------- mechanisms that must work
+def train_steps(net, pruner, optimizer, steps: int) -> None:
+    """The callback's loop by hand: the FLOPs term added to the task loss, the thresholds' own step."""
+    data = batches(4, (3, 8, 8))
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        pruner.before_forward(step)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        penalty = pruner.penalty()
+        (loss if penalty is None else loss + penalty).backward()
+        pruner.before_optimizer_step(step, optimizer)
+        optimizer.step()
+        pruner.after_optimizer_step(step, optimizer)
+
+
+def test_the_thresholds_learn_the_budget_before_slimming():
+    """The hard masks, before any projection, meet the tightened budget: the thresholds trained. With thresholds
+    that never step, every channel stays above 0.5 and the slimming's projection would do all the pruning."""
+    net, pruner, optimizer = attached(steps=40, end=0.75, max_flops_ratio=0.5)  # slimmed at step 30
+    start = pruner.theta.detach().clone()
+    train_steps(net, pruner, optimizer, 30)
+    assert not pruner.slimmed
+    _, ratio, budget, _ = pruner.history[-1]  # the last event before slimming (step 29)
+    assert budget == pytest.approx(0.5, abs=0.01)
+    assert ratio < 0.65, f"hard masks at {ratio:.3f} of the dense FLOPs, budget {budget:.3f}"
+    assert not torch.allclose(pruner.theta.detach(), start)
+
+
+def test_the_budget_tightens_progressively():
+    """Cubic from 1 at `begin` to `max_flops_ratio` at `end`: nothing is cut at once."""
+    net, pruner, optimizer = attached(steps=40, end=0.75, max_flops_ratio=0.5)
+    train_steps(net, pruner, optimizer, 30)
+    steps, ratios, budgets = ([h[i] for h in pruner.history] for i in range(3))
+    assert budgets[0] == pytest.approx(1.0) and budgets[-1] == pytest.approx(0.5, abs=0.01)
+    assert all(a >= b for a, b in zip(budgets, budgets[1:], strict=False)) and len(set(budgets)) > 10
+    assert ratios[1] > 0.9  # the first steps keep (nearly) everything
+
+
+def test_the_flops_term_pulls_back_when_the_masks_cut_below_the_budget():
+    """Two-sided: under the budget the term pushes the thresholds down (channels return); a one-sided hinge
+    would leave an over-pruned network there."""
+    net, pruner, optimizer = attached()
+    with torch.no_grad():
+        pruner.theta.fill_(1.0)  # about half the channels below threshold; the budget at step 0 is 1
+    pruner.before_forward(0)
+    net(batches(1, (3, 8, 8))[0][0])
+    assert float(pruner.flops_ratio([k.float() for k in pruner.hard_keeps()])) < 0.9
+    penalty = pruner.penalty()
+    assert penalty > 0
+    penalty.backward()
+    assert (pruner.theta.grad > 0).any()  # descent lowers these thresholds: more FLOPs kept
+
+
+def test_every_group_keeps_a_channel_whatever_the_thresholds():
+    net, pruner, optimizer = attached(max_flops_ratio=0.05)
+    with torch.no_grad():
+        pruner.theta.fill_(100.0)  # above every score
+    assert all(int(k.sum()) == 1 for k in pruner.hard_keeps())
+    pruner.slim()
+    out = net(torch.randn(2, 3, 8, 8))
+    assert out.shape == (2, 4) and torch.isfinite(out).all()
+    assert all(m.weight.shape[0] >= 1 for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
