@@ -16,6 +16,7 @@ from sparsetrain.accounting import account, module_flops
 from sparsetrain.checkpointing import apply_loader_states
 from sparsetrain.pruners.base import Pruner
 from sparsetrain.resume import STATE_PREFIX, differences, flatten, pruner_in_checkpoint
+from sparsetrain.strategies import left_dense_text
 from sparsetrain.targets import candidate_layers
 
 
@@ -114,7 +115,7 @@ class SparsityCallback(pl.Callback):
         self._add_penalty(pl_module)
         self._before_model_load(pl_module)
         if self.pruner.skipped:
-            rank_zero_warn(f"sparsetrain: layers left dense ({self.pruner.granularity}): {self.pruner.skipped}")
+            rank_zero_warn(left_dense_text(self.pruner.skipped, self.pruner.granularity))
         rank_zero_info(
             f"sparsetrain: {type(self.pruner).__name__} on {len(self.pruner.targets)} layers, "
             f"{self.pruner.target_text()}, {total} optimizer steps"
@@ -289,8 +290,13 @@ class SparsityCallback(pl.Callback):
             masks.apply_to_weights()
 
     def metrics(self) -> dict[str, float]:
-        """`sparsity/global`, `flops/ratio` and (optionally) `sparsity/<layer>` from the current masks."""
+        """`sparsity/global`, `flops/ratio`, `channel_sparsity` (channel runs) and (optionally) `sparsity/<layer>`
+        from the current masks."""
         out = {"sparsity/global": self.pruner.global_sparsity()}
+        if self.pruner.granularity == "channel":  # what a channel run's `pruner.sparsity` targets (plots.py)
+            own = getattr(self.pruner, "channel_sparsity", None)  # LAPP's: also after slimming
+            strategy = self.pruner.granularity_strategy
+            out["channel_sparsity"] = own() if callable(own) else strategy.channel_sparsity(self.pruner.masks)
         if self.flops is not None:
             acc = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
             out["flops/ratio"] = acc["flops_sparse"] / max(1, acc["flops_dense"])

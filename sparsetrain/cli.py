@@ -103,6 +103,10 @@ def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "trai
 
 
 # ------------------------------------------------------------------------------------------------ help
+INTERNAL_GROUPS = ("hydra", "pruner_shared")  # Hydra's own; the keys every pruner YAML extends (not a user choice)
+ABBREVIATIONS = ("al", "e.g", "i.e", "etc", "cf", "vs", "resp", "approx", "Fig", "Eq", "Sec", "No")
+
+
 def _pruner_defaults(key: str, conf_dir: Path) -> dict[str, Any] | None:
     """`conf/pruner/<key>.yaml` with the shared keys it pulls in, values resolved where they can be."""
     path = conf_dir / "pruner" / f"{key}.yaml"
@@ -134,10 +138,29 @@ def _value(v: Any) -> str:
     return "null" if v is None else str(v)
 
 
-def summary(cls: type, width: int = 110) -> str:
-    """One line about a pruner: the first sentence of its docstring (to the first `;` if long)."""
+def first_sentence(text: str) -> str:
+    """The first sentence of `text`: up to a `.` that is followed by a space and a capital (or ends the text),
+    outside brackets and not ending an abbreviation ("et al. 2020", "e.g. ERK" stay inside)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch == "." and depth == 0:
+            rest = text[i + 1 :]
+            word = text[:i].rsplit(None, 1)[-1].lstrip("(\"'`") if text[:i].strip() else ""
+            if not rest.strip():
+                return text[:i]
+            if rest[0] == " " and rest.lstrip()[0].isupper() and word not in ABBREVIATIONS:
+                return text[:i]
+    return text.rstrip(".")
+
+
+def summary(cls: type, width: int = 180) -> str:
+    """What a pruner is: the first sentence of its docstring (to its first `;` if longer than `width`)."""
     paragraph = " ".join((inspect.getdoc(cls) or cls.__name__).split("\n\n")[0].split())
-    line = paragraph.split(". ")[0].rstrip(".")
+    line = first_sentence(paragraph)
     if len(line) > width:
         line = line.split("; ")[0]
     return line if len(line) <= width else textwrap.shorten(line, width, placeholder=" ...")
@@ -147,13 +170,15 @@ def pruner_help(conf_dir: Path = CONF_DIR, width: int = 110) -> str:
     """The pruners for `train.py --help`: key, one line from the class docstring, its keys with their defaults.
 
     Read from the registry (`list_pruners`), so a new method file shows up here; the defaults come from its
-    `conf/pruner/<key>.yaml` (keys the method ignores are left out).
+    `conf/pruner/<key>.yaml` (keys the method ignores are left out). Lines are wrapped at `width` columns.
     """
     from sparsetrain.pruner_keys import list_pruners
 
     lines, indent = [], " " * 21
     for key, cls in sorted(list_pruners().items()):
-        lines.append(f"  +pruner={key:<10} {summary(cls)}")
+        lines.extend(
+            textwrap.wrap(summary(cls), width, initial_indent=f"  +pruner={key:<10} ", subsequent_indent=indent)
+        )
         defaults = _pruner_defaults(key, conf_dir)
         if defaults is None:
             names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY]
@@ -165,13 +190,54 @@ def pruner_help(conf_dir: Path = CONF_DIR, width: int = 110) -> str:
     return "\n".join(lines).replace("$", "$$")  # the help template is a string.Template
 
 
+def _without_targets(node: Any) -> Any:
+    """A plain container with every `_target_` key removed (an instantiation detail, not a setting)."""
+    if isinstance(node, dict):
+        return {k: _without_targets(v) for k, v in node.items() if k != "_target_"}
+    if isinstance(node, list):
+        return [_without_targets(v) for v in node]
+    return node
+
+
+def help_config(root: Any) -> str:
+    """The composed config as `--help` shows it: resolved, without the `hydra` node and without `_target_`."""
+    job = {str(k): root[k] for k in root if k != "hydra"}  # the help node itself lives under hydra
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in job.items()}
+    return OmegaConf.to_yaml(OmegaConf.create(_without_targets(plain))).replace("$", "$$")
+
+
+def help_groups() -> str:
+    """`group: option, ...` for the groups a user chooses from (Hydra's list without `INTERNAL_GROUPS`)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance().hydra
+    text = hydra.format_config_groups(lambda group: group.split("/")[0] not in INTERNAL_GROUPS)
+    return text.rstrip("\n").replace("$", "$$")
+
+
+def _asked_for_help() -> bool:
+    return bool({"--help", "-h"} & set(sys.argv[1:]))
+
+
 def _help_pruners() -> str:
     """Resolver `sparsetrain_pruner_help` (conf/hydra/help/sparsetrain.yaml). Hydra resolves the help node while
     composing every run, so the list (which imports the pruners, hence torch) is made only for `--help`."""
-    return pruner_help() if {"--help", "-h"} & set(sys.argv[1:]) else ""
+    return pruner_help() if _asked_for_help() else ""
+
+
+def _help_config(*, _root_: Any) -> str:
+    """Resolver `sparsetrain_help_config`: `help_config` of the config being shown, only for `--help`."""
+    return help_config(_root_) if _asked_for_help() else ""
+
+
+def _help_groups() -> str:
+    """Resolver `sparsetrain_help_groups`: `help_groups`, only for `--help`."""
+    return help_groups() if _asked_for_help() else ""
 
 
 OmegaConf.register_new_resolver("sparsetrain_pruner_help", _help_pruners, replace=True)
+OmegaConf.register_new_resolver("sparsetrain_help_config", _help_config, replace=True)
+OmegaConf.register_new_resolver("sparsetrain_help_groups", _help_groups, replace=True)
 
 
-__all__ = ["check_command_line", "pruner_help", "summary"]
+__all__ = ["check_command_line", "first_sentence", "help_config", "help_groups", "pruner_help", "summary"]

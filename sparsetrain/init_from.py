@@ -13,11 +13,12 @@ Sources, read without unpickling anything:
 - a run directory without an export: its `checkpoints/last.ckpt`.
 
 A channel-slimmed source (LAPP, or an export with channels removed) no longer fits the dense architecture
-and is refused in one line.
+and is refused in one line. A load is logged in one line: the path, what it was read as, the tensors loaded.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from torch import nn
 
 from sparsetrain.export import SPEC, load_exported, read_spec, state_mismatches
 from sparsetrain.restore import finalized_network, load_run_config, run_dir_of
+
+log = logging.getLogger("sparsetrain")
 
 
 def source_of(path: str | Path) -> Path:
@@ -44,6 +47,14 @@ def source_of(path: str | Path) -> Path:
     if (path / "checkpoints" / "last.ckpt").is_file():
         return path / "checkpoints" / "last.ckpt"
     raise ValueError(f"init_from={path} holds no export (model.json) and no checkpoints/last.ckpt")
+
+
+def source_kind(path: str | Path, source: Path) -> str:
+    """What `init_from=path` was read as, in words: `source` is `source_of(path)`."""
+    path = Path(path)
+    if path.is_dir() and source != path:
+        return f"run directory: its {source.relative_to(path)}" + ("/" if source.is_dir() else "")
+    return "checkpoint, its finalized network" if source.suffix == ".ckpt" else "export"
 
 
 def initial_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -77,3 +88,11 @@ def load_initial_weights(network: nn.Module, path: str | Path, model_name: str =
             "use the same model and data (channels, classes) as the source run"
         )
     network.load_state_dict(state, strict=True)
+    values = sum(t.numel() for t in state.values())
+    log.info(
+        "init_from: loaded %d tensors (%d values) from %s (%s)",
+        len(state),
+        values,
+        path,
+        source_kind(path, source_of(path)),
+    )

@@ -1,7 +1,9 @@
 """Figures of one run, read from its CSV log and `results.json`: `plots/training.png` and `plots/layers.png`.
 
-`training.png` is the run at a glance: sparsity and FLOPs ratio over optimizer steps, mask churn at update events,
-training loss with validation accuracy, and the final density of each targeted layer. `layers.png` is the
+`training.png` is the run at a glance: sparsity (a channel run: zeroed weights and channels removed, its target drawn
+against the channels) and the FLOPs ratio over optimizer steps, each ending at the run's final value from
+`results.json`; mask churn at update events when a method regrew weights; training loss with validation accuracy;
+and the final density of each targeted layer. `layers.png` is the
 per-layer density with names and numbers. Written at the end of every `train.py` run (needs matplotlib, the
 `plot` extra); for any finished run directory: `python -m sparsetrain.plots RUN_DIR`.
 """
@@ -16,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("sparsetrain")
-SERIES = ("sparsity/global", "flops/ratio", "mask/churn", "train/loss", "val/acc", "test/acc")
+SERIES = (
+    "sparsity/global",
+    "channel_sparsity",  # channel runs: fraction of channels removed (what their `pruner.sparsity` targets)
+    "flops/ratio",
+    "flops/budget",  # LAPP's scheduled budget
+    "mask/churn",
+    "train/loss",
+    "val/acc",
+    "test/acc",
+)
 
 
 def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float, int]]]:
@@ -56,16 +67,89 @@ def _title(results: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def last_step(m: dict[str, list], results: dict[str, Any]) -> int:
+    """The run's last optimizer step (results.json `steps` − 1, the step its final values belong to), else the
+    last step any series was logged at."""
+    steps = results.get("steps")
+    if isinstance(steps, int) and steps > 0:
+        return steps - 1
+    return max((p[0] for points in m.values() for p in points), default=0)
+
+
+def with_final(points: list[tuple[int, float, int]], step: int, value: float | None) -> list[tuple[int, float, int]]:
+    """`points` ending at the run's final `value` at `step` (added when the log stops before it, as a series logged
+    only at update events does: its last event is rarely the last step)."""
+    if value is None or (points and points[-1][0] >= step):
+        return points
+    return [*points, (step, float(value), points[-1][2] if points else 0)]
+
+
+def _final_label(ax: Any, points: list[tuple[int, float, int]], color: str) -> None:
+    step, value, _ = points[-1]
+    ax.annotate(f"{value:.3f}", (step, value), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
+
+
+def _churn(m: dict[str, list]) -> bool:
+    """Whether any update event regrew weights (pure pruning logs churn 0 at every event, or none)."""
+    return any(value > 0 for _, value, _ in m["mask/churn"])
+
+
+def _is_channel_run(results: dict[str, Any]) -> bool:
+    return (results.get("pruner_config") or {}).get("granularity") == "channel" or results.get(
+        "channel_sparsity"
+    ) is not None
+
+
 def _sparsity_panel(ax: Any, m: dict[str, list], results: dict[str, Any]) -> None:
-    ax.set_title("sparsity and FLOPs ratio")
-    for name, label, style in (("sparsity/global", "sparsity", "-o"), ("flops/ratio", "FLOPs sparse / dense", "-s")):
-        if m[name]:
-            ax.plot(*_xy(m[name]), style, label=label, markersize=3)
-    target = (results.get("pruner_config") or {}).get("sparsity")
+    """Sparsity over steps, each target drawn against the quantity it targets: a channel run's `sparsity` is the
+    fraction of channels removed (drawn with `channel_sparsity`), the weight curve counts zeroed weights."""
+    config, step = results.get("pruner_config") or {}, last_step(m, results)
+    channel = _is_channel_run(results)
+    weights = with_final(m["sparsity/global"], step, results.get("sparsity"))
+    if weights:
+        label = "weight sparsity (zeroed weights)" if channel else "sparsity"
+        ax.plot(*_xy(weights), "-o", color="tab:blue", label=label, markersize=3)
+        _final_label(ax, weights, "tab:blue")
+    channels = with_final(m["channel_sparsity"], step, results.get("channel_sparsity"))
+    if channels:
+        ax.plot(*_xy(channels), "-D", color="tab:purple", label="channels removed", markersize=4)
+        _final_label(ax, channels, "tab:purple")
+    target = config.get("sparsity")
     if target is not None:
-        ax.axhline(target, color="0.5", linestyle=":", linewidth=1, label=f"target {target:g}")
-    if not (m["sparsity/global"] or m["flops/ratio"]):
-        _empty(ax, "not logged (a dense run)")
+        color, label = ("tab:purple", "target: channels removed") if channel else ("tab:blue", "target sparsity")
+        ax.axhline(target, color=color, linestyle=":", linewidth=1.2, label=f"{label} {target:g}")
+    churn = m["mask/churn"]
+    title = "sparsity: weights and channels" if channel else "sparsity"
+    if churn and not _churn(m):
+        events = len(churn)
+        title += f"\n(no weight regrown: mask churn 0 at {'all ' if events > 1 else ''}{events} update event"
+        title += "s)" if events > 1 else ")"
+    ax.set_title(title, **({"fontsize": 10} if "\n" in title else {}))
+    if not (weights or channels):
+        _empty(ax, "not logged")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("optimizer step")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+
+
+def _flops_panel(ax: Any, m: dict[str, list], results: dict[str, Any]) -> None:
+    """FLOPs of the masked (or slimmed) network over dense, ending at results.json's final value; LAPP's budget."""
+    ax.set_title("FLOPs ratio (sparse / dense)")
+    final = results["flops_sparse"] / results["flops_dense"] if results.get("flops_dense") else None
+    flops = with_final(m["flops/ratio"], last_step(m, results), final)
+    if flops:
+        ax.plot(*_xy(flops), "-s", color="tab:orange", label="FLOPs sparse / dense", markersize=3)
+        _final_label(ax, flops, "tab:orange")
+    if len(m["flops/budget"]) > 1:
+        ax.plot(*_xy(m["flops/budget"]), "--", color="0.5", linewidth=1, label="budget (schedule)")
+    budget = (results.get("pruner_config") or {}).get("max_flops_ratio")
+    if budget is not None:
+        ax.axhline(
+            budget, color="tab:orange", linestyle=":", linewidth=1.2, label=f"target: max_flops_ratio {budget:g}"
+        )
+    if not flops:
+        _empty(ax, "not logged")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("optimizer step")
     if ax.get_legend_handles_labels()[0]:
@@ -73,14 +157,11 @@ def _sparsity_panel(ax: Any, m: dict[str, list], results: dict[str, Any]) -> Non
 
 
 def _churn_panel(ax: Any, m: dict[str, list]) -> None:
-    ax.set_title("mask churn (fraction of active weights newly grown)")
-    if m["mask/churn"]:
-        steps, churn = _xy(m["mask/churn"])
-        ax.vlines(steps, 0, churn, linewidth=1.5)
-        ax.plot(steps, churn, "o", markersize=3)
-        ax.set_ylim(bottom=0)
-    else:
-        _empty(ax, "no mask updates logged")
+    ax.set_title("mask churn\n(fraction of active weights newly grown)", fontsize=10)
+    steps, churn = _xy(m["mask/churn"])
+    ax.vlines(steps, 0, churn, linewidth=1.5)
+    ax.plot(steps, churn, "o", markersize=3)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("optimizer step")
 
 
@@ -143,13 +224,51 @@ def _density_bars(ax: Any, layers: dict[str, Any], horizontal: bool) -> None:
         ax.set_ylabel("density")
 
 
+def training_figure(results: dict[str, Any], m: dict[str, list]) -> Any:
+    """The `training.png` figure: top row the step series a run has (sparsity, FLOPs ratio, mask churn: an
+    update event that regrew weights), bottom row loss/accuracy and the final density per targeted layer.
+    A panel with nothing to show is left out (a dense run is its loss and accuracy only)."""
+    from math import lcm
+
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+    pruned = bool(results.get("pruner")) or bool(m["sparsity/global"])
+    top = []
+    if pruned:
+        top.append(lambda ax: _sparsity_panel(ax, m, results))
+    if m["flops/ratio"] or (pruned and results.get("flops_dense")):
+        top.append(lambda ax: _flops_panel(ax, m, results))
+    if _churn(m):
+        top.append(lambda ax: _churn_panel(ax, m))
+    layers = results.get("layers") or {}
+    bottom = [lambda ax: _accuracy_panel(ax, m)]
+    if any(float(layer["density"]) < 1.0 for layer in layers.values()):  # a dense run's all-1 bars say nothing
+        bottom.append(lambda ax: _density_panel(ax, layers))
+    rows = [row for row in (top, bottom) if row]
+    columns = lcm(*(len(row) for row in rows))
+    width = {1: 8.0, 2: 12.0}.get(max(len(row) for row in rows), 15.0)
+    fig = Figure(figsize=(width, 4.0 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(len(rows), columns)
+    for r, row in enumerate(rows):
+        span = columns // len(row)
+        for i, draw in enumerate(row):
+            draw(fig.add_subplot(grid[r, i * span : (i + 1) * span]))
+    fig.suptitle(_title(results), fontsize=11)
+    return fig
+
+
+def _density_panel(ax: Any, layers: dict[str, Any]) -> None:
+    ax.set_title("final density per targeted layer")
+    _density_bars(ax, layers, horizontal=False)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write `plots/training.png` and `plots/layers.png` for a finished run; returns their paths.
 
     Raises:
         FileNotFoundError: `run_dir` has no `results.json` (the run did not finish).
     """
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+    from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
@@ -160,16 +279,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     layers = results.get("layers") or {}
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-
-    fig = Figure(figsize=(12, 8), layout="constrained")
-    (a, b), (c, d) = fig.subplots(2, 2)
-    _sparsity_panel(a, m, results)
-    _churn_panel(b, m)
-    _accuracy_panel(c, m)
-    d.set_title("final density per targeted layer")
-    _density_bars(d, layers, horizontal=False)
-    fig.suptitle(_title(results), fontsize=11)
-    fig.savefig(out / "training.png", dpi=100)
+    training_figure(results, m).savefig(out / "training.png", dpi=100)
 
     fig = Figure(figsize=(8, max(2.5, 0.28 * len(layers) + 1.2)), layout="constrained")
     ax = fig.subplots()
@@ -200,4 +310,4 @@ if __name__ == "__main__":
     sys.stdout.write("".join(f"{p}\n" for p in written))
 
 
-__all__ = ["plot_run", "plot_run_safely", "read_metrics"]
+__all__ = ["last_step", "plot_run", "plot_run_safely", "read_metrics", "training_figure", "with_final"]

@@ -26,6 +26,20 @@ if TYPE_CHECKING:
     from sparsetrain.masking import MaskSet
 
 
+def layer_list(names: list[str], shown: int = 3) -> str:
+    """`a, b, c ... and K more`: a few layer names of a long list, for a one-line message."""
+    more = f" ... and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def left_dense_text(skipped: dict[str, str], granularity: str, shown: int = 3) -> str:
+    """The warning for layers a granularity leaves dense (name → reason): their count, why, a few names."""
+    reasons = sorted(set(skipped.values()))
+    why = reasons[0] if len(reasons) == 1 else f"{len(reasons)} reasons, e.g. {reasons[0]}"
+    count = f"{len(skipped)} layer{'s' if len(skipped) != 1 else ''}"
+    return f"sparsetrain: {count} left dense ({granularity}: {why}): {layer_list(list(skipped), shown)}"
+
+
 class Granularity:
     """One granularity: which layers it applies to, what else it masks, and how it prunes.
 
@@ -84,7 +98,10 @@ class NM(Granularity):
             else:
                 skipped[name] = f"input dim not divisible by {self.m}"
         if not kept:
-            raise ValueError(f"N:M {self.n}:{self.m} applies to no targeted layer: {skipped}")
+            raise ValueError(
+                f"N:M {self.n}:{self.m} applies to no targeted layer (input dim not divisible by {self.m}): "
+                f"{layer_list(list(skipped))}"
+            )
         return kept, skipped, []
 
     def keep_per_group(self, fraction: float) -> int:
@@ -178,4 +195,4 @@ def make_granularity(name: str, allocation: str, n: int, m: int) -> Granularity:
     return Unstructured(allocation)
 
 
-__all__ = ["NM", "Channel", "Granularity", "Unstructured", "make_granularity"]
+__all__ = ["NM", "Channel", "Granularity", "Unstructured", "layer_list", "left_dense_text", "make_granularity"]

@@ -111,7 +111,11 @@ def test_a_resumed_run_continues_its_wandb_run(compose, offline_wandb):
     run_id = (first_dir / "wandb_id.txt").read_text().strip()
     assert [p.name for p in _wandb_runs(first_dir)] == [f"run-{run_id}.wandb"]
     resumed = compose(
-        "logger=default", "trainer.max_epochs=2", "export=false", f"ckpt_path={first_dir / 'checkpoints/last.ckpt'}"
+        "logger=default",
+        "trainer.max_epochs=2",
+        "resume_allow_changes=[trainer.max_epochs]",  # a longer budget on purpose
+        "export=false",
+        f"ckpt_path={first_dir / 'checkpoints/last.ckpt'}",
     )
     run(resumed)
     resumed_dir = Path(resumed.output_dir)
@@ -266,3 +270,193 @@ def test_cli_sweep_two_wandb_runs_one_group_a_summary_and_no_noise(tmp_path):
     assert all(float(r["sparsity"]) == pytest.approx(0.9, abs=1e-3) and r["test_acc"] for r in rows)
     assert "sweep summary (2 jobs)" in proc.stdout and f"sweep summary: {sweep / 'summary.csv'}" in proc.stdout
     assert all((sweep / str(n) / "plots" / "training.png").is_file() for n in (0, 1))
+
+
+# ------------------------------------------------------------------------------------------------ what a new user saw
+def _write_run(run_dir: Path, results: dict, rows: list[dict]) -> Path:
+    """A finished run directory with `results` and a CSV log of `rows` (Lightning's layout)."""
+    (run_dir / "csv").mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    columns = sorted({k for row in rows for k in row})
+    with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return run_dir
+
+
+def _axes(fig) -> dict[str, object]:
+    return {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}
+
+
+def _line(ax, label: str):
+    (line,) = [line for line in ax.get_lines() if line.get_label().startswith(label)]
+    return line
+
+
+CHANNEL_RUN = {  # gmp, granularity=channel, sparsity=0.5: half the channels, 72 % of the weights zeroed
+    "pruner": "gmp",
+    "model": "resnet20",
+    "data": "fake",
+    "sparsity": 0.722,
+    "channel_sparsity": 0.5,
+    "flops_dense": 1000,
+    "flops_sparse": 336,
+    "steps": 42,
+    "test_acc": 0.5,
+    "pruner_config": {"key": "gmp", "sparsity": 0.5, "granularity": "channel"},
+    "layers": {"conv1": {"density": 0.4}, "conv2": {"density": 0.3}},
+}
+CHANNEL_ROWS = [  # events at steps 0 and 21 (churn 0: pure pruning), sparsity also at epoch ends
+    {"step": 0, "sparsity/global": 0.0, "flops/ratio": 1.0, "mask/churn": 0.0},
+    {"step": 13, "epoch": 0, "sparsity/global": 0.0, "val/acc": 0.3},
+    {"step": 21, "sparsity/global": 0.722, "flops/ratio": 0.336, "mask/churn": 0.0},
+    {"step": 27, "epoch": 1, "sparsity/global": 0.722, "val/acc": 0.4},
+    {"step": 30, "epoch": 2, "train/loss": 1.5},
+]
+
+
+def test_plots_draw_a_channel_target_against_channels_and_end_at_the_final_values(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from sparsetrain.plots import read_metrics, training_figure
+
+    run_dir = _write_run(tmp_path / "ch", CHANNEL_RUN, CHANNEL_ROWS)
+    panels = _axes(training_figure(CHANNEL_RUN, read_metrics(run_dir / "csv" / "metrics.csv")))
+    sparsity, flops = panels["sparsity: weights and channels"], panels["FLOPs ratio (sparse / dense)"]
+    target = _line(sparsity, "target: channels removed 0.5")  # the target says what it targets...
+    channels = _line(sparsity, "channels removed")  # ...and is drawn with that quantity, in its colour
+    assert to_hex(target.get_color()) == to_hex(channels.get_color())
+    assert tuple(channels.get_xydata()[-1]) == (41, 0.5)  # results.json's value at the last step (steps - 1)
+    assert _line(sparsity, "weight sparsity").get_xydata()[-1].tolist() == [41, 0.722]
+    assert _line(flops, "FLOPs").get_xydata()[-1].tolist() == [41, pytest.approx(0.336)]  # not stopped at 21
+    assert not [t for t in panels if "churn" in t]  # pure pruning: no empty churn panel...
+    assert "mask churn 0 at all 2 update events" in sparsity.get_title()  # ...it is said where the sparsity is
+
+    logged = [*CHANNEL_ROWS, {"step": 21, "channel_sparsity": 0.5}]  # a log with the channel series
+    run_dir = _write_run(tmp_path / "ch2", CHANNEL_RUN, logged)
+    panels = _axes(training_figure(CHANNEL_RUN, read_metrics(run_dir / "csv" / "metrics.csv")))
+    curve = _line(panels["sparsity: weights and channels"], "channels removed").get_xydata().tolist()
+    assert curve == [[21, 0.5], [41, 0.5]]
+
+
+def test_plots_lapp_flops_reach_their_final_value_against_the_budget_and_regrowth_keeps_its_churn_panel(tmp_path):
+    from sparsetrain.plots import plot_run, read_metrics, training_figure
+
+    lapp = {
+        **CHANNEL_RUN,
+        "pruner": "lapp",
+        "sparsity": 0.787,
+        "channel_sparsity": 0.419,
+        "flops_sparse": 500,
+        "pruner_config": {"key": "lapp", "max_flops_ratio": 0.5, "granularity": "channel", "sparsity": None},
+    }
+    rows = [{"step": 0, "sparsity/global": 0.0, "flops/ratio": 1.0, "flops/budget": 1.0, "mask/churn": 0.0}]
+    run_dir = _write_run(tmp_path / "lapp", lapp, rows)
+    panels = _axes(training_figure(lapp, read_metrics(run_dir / "csv" / "metrics.csv")))
+    flops = panels["FLOPs ratio (sparse / dense)"]
+    assert _line(flops, "FLOPs").get_xydata().tolist() == [[0, 1.0], [41, 0.5]]  # was its step-0 point only
+    assert _line(flops, "target: max_flops_ratio 0.5").get_ydata()[0] == 0.5
+    assert not [line for line in panels["sparsity: weights and channels"].get_lines() if "target" in line.get_label()]
+    assert not [t for t in panels if "churn" in t]
+
+    granet = {**CHANNEL_RUN, "pruner": "granet", "channel_sparsity": None, "sparsity": 0.9}
+    granet["pruner_config"] = {"key": "granet", "sparsity": 0.9, "granularity": "unstructured"}
+    rows = [{"step": 0, "sparsity/global": 0.0, "mask/churn": 0.0}, {"step": 20, "mask/churn": 0.12}]
+    run_dir = _write_run(tmp_path / "granet", granet, rows)
+    panels = _axes(training_figure(granet, read_metrics(run_dir / "csv" / "metrics.csv")))
+    assert "mask churn" in panels  # GraNet regrew weights: its churn has a panel
+    assert "channels removed" not in " ".join(line.get_label() for line in panels["sparsity"].get_lines())
+    assert _line(panels["sparsity"], "target sparsity 0.9").get_ydata()[0] == 0.9
+    plot_run(run_dir)  # and the files are written
+
+    dense = {"pruner": None, "model": "lenet5", "data": "fake", "steps": 10, "flops_dense": 100, "flops_sparse": 100}
+    dense["layers"] = {"conv1": {"density": 1.0}, "fc": {"density": 1.0}}
+    run_dir = _write_run(tmp_path / "dense", dense, [{"step": 5, "train/loss": 2.0}, {"step": 9, "val/acc": 0.2}])
+    assert list(_axes(training_figure(dense, read_metrics(run_dir / "csv" / "metrics.csv")))) == [
+        "training loss and validation accuracy"  # a dense run: nothing else to draw, no empty panels
+    ]
+
+
+def test_help_summaries_keep_et_al_and_hide_internal_groups_and_targets():
+    from sparsetrain.cli import first_sentence, summary
+    from sparsetrain.pruners import RigL
+
+    assert first_sentence("RigL (Evci et al. 2020): static. Then more.") == "RigL (Evci et al. 2020): static"
+    assert first_sentence("SET (Mocanu et al. 2018, Nature): like RigL. Follows x.") == (
+        "SET (Mocanu et al. 2018, Nature): like RigL"
+    )
+    assert first_sentence("Drop by e.g. Magnitude first. Then grow.") == "Drop by e.g. Magnitude first"
+    assert summary(RigL).startswith('RigL (Evci et al. 2020, "Rigging the Lottery"')
+    proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "RigL (Evci et al. 2020," in out and "SET (Mocanu et al. 2018," in out
+    groups = out.split("== Config groups")[1].split("\n", 1)[1].split("\n== ")[0]
+    assert "pruner: bip" in groups and "pruner_shared" not in groups  # internal: every pruner extends it
+    assert "_target_" not in out
+    assert "data:\n  root: " in out and "${" not in out  # the config is still shown, resolved
+    assert max(len(line) for line in out.split("== Pruners")[1].split("\n\n")[0].splitlines()) <= 110
+
+
+def test_a_regrowth_method_refuses_channel_granularity_before_any_allocation_advice():
+    from sparsetrain.cli import check_command_line
+    from sparsetrain.config import CONF_DIR
+    from sparsetrain.errors import one_line_error
+    from sparsetrain.pruners import SET, GraNet, RigL
+
+    for cls in (RigL, SET, GraNet):
+        with pytest.raises(ValueError, match="prunes and regrows single weights; granularity=channel") as info:
+            cls(sparsity=0.9, granularity="channel")
+        assert "allocation" not in str(info.value)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - train.py prints `one_line_error` of whatever is raised
+        check_command_line(["train.py", "+pruner=rigl", "pruner.granularity=channel", "data=fake"], CONF_DIR)
+    line = one_line_error(info.value, CONF_DIR)
+    assert line.startswith("RigL prunes and regrows single weights") and "\n" not in line
+
+
+def test_init_from_logs_what_it_loaded(compose, caplog, tmp_path):
+    from sparsetrain.app import prepare
+    from sparsetrain.init_from import source_kind, source_of
+
+    source = compose("trainer.max_epochs=1", "test=false")
+    run(source)
+    with caplog.at_level(logging.INFO, logger="sparsetrain"):
+        network = prepare(compose("+pruner=magnitude", f"init_from={source.output_dir}"))["network"]
+    (line,) = [m for m in caplog.messages if m.startswith("init_from:")]
+    tensors = len(network.state_dict())
+    assert line == (
+        f"init_from: loaded {tensors} tensors ({sum(t.numel() for t in network.state_dict().values())} values) "
+        f"from {source.output_dir} (run directory: its export/)"
+    )
+    export = Path(source.output_dir) / "export"
+    assert source_kind(export, source_of(export)) == "export"
+    ckpt = Path(source.output_dir) / "checkpoints" / "last.ckpt"
+    assert source_kind(ckpt, source_of(ckpt)) == "checkpoint, its finalized network"
+    (tmp_path / "no_export" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "no_export" / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes())
+    assert source_kind(tmp_path / "no_export", source_of(tmp_path / "no_export")) == (
+        "run directory: its checkpoints/last.ckpt"
+    )
+
+
+def test_the_nm_left_dense_warning_is_short():
+    from sparsetrain.strategies import left_dense_text
+
+    skipped = {f"blocks.{i}.0.conv_dw": "input dim not divisible by 4" for i in range(11)}
+    text = left_dense_text(skipped, "nm")
+    assert text == (
+        "sparsetrain: 11 layers left dense (nm: input dim not divisible by 4): "
+        "blocks.0.0.conv_dw, blocks.1.0.conv_dw, blocks.2.0.conv_dw ... and 8 more"
+    )
+    assert left_dense_text({"fc": "input dim not divisible by 4"}, "nm").endswith(
+        "left dense (nm: input dim not divisible by 4): fc"
+    )
+
+
+def test_readme_quick_start_says_what_make_train_runs():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start")[1].split("\n## ")[0]
+    make_train = (ROOT / "Makefile").read_text().split("\ntrain:")[1].split("\n\n")[0]
+    command = make_train.split("train.py", 1)[1].replace("$(ARGS)", "").strip()  # +pruner=granet
+    assert f"runs `python train.py {command}`" in " ".join(quick.split())

@@ -98,13 +98,13 @@ class GraNet(Pruner):
         growth: str = "gradient",
         **common: Any,
     ) -> None:
-        common.setdefault("schedule", "cubic")
-        super().__init__(sparsity=sparsity, **common)
-        if self.granularity == "channel":
+        if common.get("granularity") == "channel":  # before the shared keys: their advice assumes channels
             raise ValueError(
                 f"{type(self).__name__} prunes and regrows single weights; granularity=channel is not defined for "
                 "it (use unstructured or nm, or gmp/magnitude for channels)"
             )
+        common.setdefault("schedule", "cubic")
+        super().__init__(sparsity=sparsity, **common)
         if not 0.0 < init_density <= 1.0:
             raise ValueError(f"pruner.init_density must be in (0, 1], got {init_density}")
         if init_density < 1.0 - self.sparsity - 1e-9:
