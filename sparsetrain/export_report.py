@@ -1,13 +1,18 @@
-"""What an export holds and saves: sparse-storage bytes, the speedup statement, a terminal summary."""
+"""What an export holds and saves: sparse-storage bytes, the speedup statement, a terminal summary.
+
+Imports nothing heavy (torch only for type checking), so `python -m sparsetrain.export` can answer a wrong path
+before torch is loaded.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from sparsetrain.slim import ChannelRemoval
+    from sparsetrain.slim import ChannelRemoval
 
 
 def storage_report(state: dict[str, torch.Tensor]) -> dict[str, Any]:

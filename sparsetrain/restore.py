@@ -6,8 +6,10 @@ A checkpoint written during training holds the masked network (`*_mask` buffers,
 hardens its soft masks, folds them into the kept weights and removes its parametrizations), so this module
 replays the real one: the pruner is rebuilt from the run's config, attached to a freshly built network (which
 recreates exactly the buffers and parametrizations the checkpoint holds), loaded with `strict=True`, given its
-saved state, then `on_fit_end()` and `finalize()` run as at the end of `trainer.fit`. Exporting `last.ckpt` of
-a finished run therefore gives the network the run itself exported.
+saved state, then `on_fit_end()` and `finalize()` run as at the end of `trainer.fit`. Exporting a checkpoint of
+a run's last step therefore gives, bit for bit, the network the run itself exported (checked for unstructured
+runs and for GMP, PDP, LAPP and BiP channel runs); a `last.ckpt` written before the run's last step holds an
+earlier network (`sparsetrain.export` says so when its step is not the `steps` of `results.json`).
 
 The checkpoint is read with `torch.load(weights_only=True)` only: a file that needs arbitrary unpickling is
 refused.
@@ -16,6 +18,7 @@ refused.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sparsetrain.callback import STATE_PREFIX, pruner_in_checkpoint
+from sparsetrain.checkpoint_files import RUN_CONFIG as CONFIG
+from sparsetrain.checkpoint_files import resolve_checkpoint, run_config_path, run_dir_of
 from sparsetrain.models import build_from_arch
-
-CONFIG = Path(".hydra") / "config.yaml"
-
-
-def run_dir_of(path: str | Path) -> Path:
-    """The run directory of a run directory or of a checkpoint in its `checkpoints/` folder."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def load_run_config(run_dir: str | Path, config: str | Path | None = None) -> DictConfig:
     """The composed config of a run: `config`, else `RUN_DIR/.hydra/config.yaml` (written by Hydra)."""
-    path = Path(config) if config is not None else Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the run's config is needed to rebuild its model (Hydra writes .hydra/config.yaml "
-            "in every run directory; for a run started outside Hydra pass --config)"
-        )
-    return OmegaConf.load(path)
+    return OmegaConf.load(run_config_path(run_dir, config))
 
 
 def run_arch(cfg: DictConfig, datamodule: Any = None) -> dict[str, Any]:
@@ -65,10 +54,17 @@ def run_arch(cfg: DictConfig, datamodule: Any = None) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint, weights-only (no arbitrary unpickling)."""
+    """A Lightning checkpoint, weights-only (no arbitrary unpickling).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: It is another kind of file (`sparsetrain.checkpoint_files.describe`: an export's weights, a
+            `results.json`, ...), holds pickled objects, or holds no `state_dict`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    resolve_checkpoint(path, what="")  # a wrong kind of file in one line, not torch's unpickling message
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -106,11 +102,20 @@ def total_steps(cfg: DictConfig, ckpt: dict[str, Any]) -> int:
     return max(1, step)
 
 
-def finalized_network(
-    ckpt_path: str | Path, cfg: DictConfig
-) -> tuple[nn.Module, dict[str, Any], str | None, list[dict[str, Any]]]:
-    """The finalized network a checkpoint holds, its `build_model` arguments, its pruner key (None: dense) and
-    the channel removals training applied already (LAPP's slimming; `ChannelRemoval` records, else empty).
+@dataclass
+class Restored:
+    """A checkpoint's finalized network and where it came from (`restore_checkpoint`)."""
+
+    network: nn.Module
+    arch: dict[str, Any]  # `build_model` arguments
+    key: str | None  # the pruner's registry key; None: a dense run
+    removed: list[dict[str, Any]] = field(default_factory=list)  # channel removals training applied (LAPP)
+    global_step: int = 0  # optimizer steps the checkpoint had taken
+    epoch: int = 0
+
+
+def restore_checkpoint(ckpt_path: str | Path, cfg: DictConfig) -> Restored:
+    """The finalized network a checkpoint holds, as the run's own end of fit would have finalized it.
 
     Raises:
         ValueError: The checkpoint needs unpickling, was written by another pruner than the config names, or
@@ -142,7 +147,33 @@ def finalized_network(
         pruner.on_fit_end()
         pruner.finalize()
     removed = pruner.report().get("removed_channels", []) if pruner is not None else []
-    return network.eval(), arch, key, removed
+    return Restored(
+        network.eval(), arch, key, list(removed), int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0))
+    )
 
 
-__all__ = ["finalized_network", "load_checkpoint", "load_run_config", "run_arch", "run_dir_of", "total_steps"]
+def finalized_network(
+    ckpt_path: str | Path, cfg: DictConfig
+) -> tuple[nn.Module, dict[str, Any], str | None, list[dict[str, Any]]]:
+    """The finalized network a checkpoint holds, its `build_model` arguments, its pruner key (None: dense) and
+    the channel removals training applied already (LAPP's slimming; `ChannelRemoval` records, else empty).
+
+    Raises:
+        ValueError: The checkpoint needs unpickling, was written by another pruner than the config names, or
+            does not fit the architecture.
+    """
+    r = restore_checkpoint(ckpt_path, cfg)
+    return r.network, r.arch, r.key, r.removed
+
+
+__all__ = [
+    "CONFIG",
+    "Restored",
+    "finalized_network",
+    "load_checkpoint",
+    "load_run_config",
+    "restore_checkpoint",
+    "run_arch",
+    "run_dir_of",
+    "total_steps",
+]

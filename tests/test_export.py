@@ -2,7 +2,9 @@
 export, loading from the two files alone, and no unpickling anywhere."""
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -258,7 +260,7 @@ def test_onnx_is_optional(tmp_path):
 
 
 def _train_run(root: Path, *overrides: str) -> Path:
-    """A real `app.run` with the run config saved as Hydra saves it (`.hydra/config.yaml`)."""
+    """A real `app.run` (one epoch) with the run config saved as Hydra saves it (`.hydra/config.yaml`)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[*FAST, "trainer.max_epochs=1", *overrides])
@@ -268,6 +270,14 @@ def _train_run(root: Path, *overrides: str) -> Path:
     OmegaConf.save(cfg, root / ".hydra" / "config.yaml")
     run(cfg)
     return root
+
+
+@pytest.fixture(scope="module")
+def unstructured_run(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return _train_run(
+        tmp_path_factory.mktemp("unstructured") / "run", "+pruner=gmp", "pruner.sparsity=0.8", "pruner.update_every=2"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +333,7 @@ def test_pdp_checkpoint_is_finalized_like_the_run(tmp_path):
     )
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(".parametrizations.weight.original" in k for k in state)  # what a naive fold would read
-    out, _ = export_run(run_dir / "checkpoints" / "last.ckpt", out=tmp_path / "from_ckpt")
+    out = export_run(run_dir / "checkpoints" / "last.ckpt", out=tmp_path / "from_ckpt").directory
     ours, theirs = (load_file(str(d / "model.safetensors")) for d in (out, run_dir / "export"))
     assert ours.keys() == theirs.keys()
     for k in ours:
@@ -357,10 +367,191 @@ def test_nothing_is_unpickled(channel_run, tmp_path, monkeypatch):
         export_run(bad, out=tmp_path / "b")
 
 
-def test_cli_on_a_run_without_config_is_one_clear_line(tmp_path, capsys):
+def test_cli_on_a_run_without_config_is_one_clear_line(unstructured_run, tmp_path, capsys):
     (tmp_path / "checkpoints").mkdir()
+    shutil.copy(unstructured_run / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "last.ckpt")
     assert main([str(tmp_path)]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- the command line
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _tensors(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each file's inode, modification time and bytes: a rewrite with equal bytes still shows."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "channel"])
+def test_cli_export_of_a_run_directory_equals_the_runs_own_export(kind, request, tmp_path, capsys):
+    run_dir = request.getfixturevalue(f"{kind}_run")
+    code, out, err = _cli(capsys, run_dir, "--out", tmp_path / "fresh")
+    assert code == 0 and err == ""  # no note: last.ckpt is the run's last step
+    assert f"exported to {tmp_path / 'fresh'} from {run_dir / 'checkpoints' / 'last.ckpt'} (step " in out
+    ours, theirs = _tensors(tmp_path / "fresh"), _tensors(run_dir / "export")
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert ours[k].shape == theirs[k].shape and torch.equal(ours[k] != 0, theirs[k] != 0), k  # same non-zeros
+    spec_ours, spec_run = (json.loads((d / "model.json").read_text()) for d in (tmp_path / "fresh", run_dir / "export"))
+    assert spec_ours["removed_channels"] == spec_run["removed_channels"]
+    assert bool(spec_run["removed_channels"]) == (kind == "channel")
+    x = torch.randn(6, *spec_run["input_shape"], generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        _out(load_exported(tmp_path / "fresh"), x), _out(load_exported(run_dir / "export"), x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_an_identical_export_is_left_alone(unstructured_run, tmp_path, capsys):
+    run_dir = Path(shutil.copytree(unstructured_run, tmp_path / "run"))
+    before = _files(run_dir / "export")
+    code, out, err = _cli(capsys, run_dir)
+    assert code == 0 and err == ""
+    assert out.strip() == (
+        f"{run_dir / 'export'} already holds this export of {run_dir / 'checkpoints' / 'last.ckpt'} "
+        f"(step {json.loads((run_dir / 'results.json').read_text())['steps']}): identical weights, left as it is"
+    )
+    assert _files(run_dir / "export") == before  # not even rewritten
+
+
+def _other_weights(directory: Path) -> None:
+    """The same architecture with one weight changed."""
+    from safetensors.torch import save_file
+
+    tensors = _tensors(directory)
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim > 1)
+    tensors[name].view(-1)[0] += 1.0
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "sparsetrain-export", "version": "1"})
+
+
+@pytest.mark.parametrize(
+    ("other", "reason"),
+    [("channel_run", "its model.json has another arch"), ("weights", "1 of 10 tensors differ, first ")],
+    ids=["other-architecture", "other-weights"],
+)
+def test_a_different_export_is_replaced_only_with_force(unstructured_run, request, tmp_path, capsys, other, reason):
+    target = tmp_path / "export"
+    if other == "weights":
+        shutil.copytree(unstructured_run / "export", target)
+        _other_weights(target)
+    else:
+        shutil.copytree(request.getfixturevalue(other) / "export", target)
+    (target / "model.onnx").write_bytes(b"an ONNX file of the network being replaced")
+    before = _files(target)
+    code, out, err = _cli(capsys, unstructured_run, "--out", target)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {target} already holds an export of a different network ({reason}")
+    assert err.rstrip().endswith("pass --force to replace it") and len(err.strip().splitlines()) == 1
+    assert _files(target) == before  # untouched
+
+    code, out, err = _cli(capsys, unstructured_run, "--out", target, "--force")
+    assert code == 0 and out.startswith(f"replaced the export in {target} from ")
+    ours, theirs = _tensors(target), _tensors(unstructured_run / "export")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not (target / "model.onnx").exists()  # it described the network that was replaced
+
+
+def test_a_last_checkpoint_older_than_the_run_is_named(unstructured_run, tmp_path, capsys):
+    """A `last.ckpt` that is not the run's last step (Lightning's own `save_last` rewrote it only with a new best
+    `val/acc`) exports another network than the run's own: the run's export is kept, and the line says why."""
+    run_dir = Path(shutil.copytree(unstructured_run, tmp_path / "run"))
+    results = json.loads((run_dir / "results.json").read_text())
+    step = results["steps"]
+    results["steps"] = step + 6
+    (run_dir / "results.json").write_text(json.dumps(results))
+    _other_weights(run_dir / "export")  # what the run's own end would have exported: another network
+    stale = f"{run_dir / 'checkpoints' / 'last.ckpt'} is at step {step} but the run ended at step {step + 6}"
+    code, _, err = _cli(capsys, run_dir)
+    assert code == 2 and "already holds an export of a different network" in err and stale in err
+    code, _, err = _cli(capsys, run_dir, "--out", tmp_path / "fresh")
+    assert code == 0 and err.startswith(f"note: {stale}")
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        old = os.umask(umask)
+        try:
+            export_network(MLP(), tmp_path / oct(umask), input_shape=(16,))
+        finally:
+            os.umask(old)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / oct(umask)).iterdir()}
+        assert modes == {"model.json": mode, "model.safetensors": mode}
+
+
+BAD_SOURCES = {  # path relative to the test's folder -> what the one line must say
+    "runs/nonexistent": "runs/nonexistent does not exist",
+    "run/results.json": "run/results.json is a run's results.json, not a checkpoint: pass the run directory (run)",
+    "run/export/model.safetensors": "run/export/model.safetensors is an export's model.safetensors, not a checkpoint",
+    "run/export/model.json": "run/export/model.json is an export's model.json, not a checkpoint",
+    "run/export": "run/export is an export directory (model.safetensors + model.json), not a checkpoint",
+    "run/.hydra/config.yaml": "run/.hydra/config.yaml is a run's Hydra config (.hydra/config.yaml), not a checkpoint",
+    "notes.yaml": "notes.yaml is a YAML file, not a checkpoint: pass the run directory or a .ckpt",
+    "empty": "empty is a directory but not a run directory (no .hydra/config.yaml, no checkpoints/)",
+    "unfinished": "unfinished is a run directory without checkpoints/last.ckpt (checkpoints/ holds best.ckpt)",
+    "weights.ckpt": "weights.ckpt is a torch.save file without a state_dict (not a Lightning checkpoint)",
+}
+
+CLI_WITHOUT_TORCH = """
+import json, sys
+from sparsetrain.export import main
+codes = {arg: main([arg]) for arg in json.loads(sys.argv[1])}
+print(json.dumps({"codes": codes, "torch": "torch" in sys.modules, "lightning": "pytorch_lightning" in sys.modules}))
+"""
+
+
+def test_a_bad_source_is_one_line_before_torch_is_loaded(unstructured_run, tmp_path):
+    """Each wrong path: exit 2 and one `error:` line, answered without importing torch (about 0.3 s, not 10)."""
+    import subprocess
+    import sys
+
+    shutil.copytree(unstructured_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.ckpt", "csv"))
+    (tmp_path / "notes.yaml").write_text("a: 1\n")
+    (tmp_path / "empty").mkdir()
+    shutil.copytree(unstructured_run / ".hydra", tmp_path / "unfinished" / ".hydra")
+    (tmp_path / "unfinished" / "checkpoints").mkdir()
+    shutil.copy(unstructured_run / "checkpoints" / "best.ckpt", tmp_path / "unfinished" / "checkpoints")
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "weights.ckpt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_WITHOUT_TORCH, json.dumps(list(BAD_SOURCES))],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["codes"] == dict.fromkeys(BAD_SOURCES, 2)
+    assert not result["torch"] and not result["lightning"]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == len(BAD_SOURCES)
+    for line, expected in zip(lines, BAD_SOURCES.values(), strict=True):
+        assert line.startswith(f"error: {expected}"), line
+    module = subprocess.run(
+        [sys.executable, "-m", "sparsetrain.export", "runs/nonexistent"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert module.returncode == 2 and module.stderr == "error: runs/nonexistent does not exist\n"
+
+
+def test_reading_a_file_that_is_no_checkpoint_names_it(unstructured_run):
+    cfg = load_run_config(unstructured_run)
+    with pytest.raises(ValueError, match=r"results.json is a run's results.json, not a checkpoint"):
+        finalized_network(unstructured_run / "results.json", cfg)
 
 
 # ------------------------------------------------------------------------------------------- broken exports
