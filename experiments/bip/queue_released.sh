@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# BiP with the released code's choices (score SGD momentum 0.9, weight decay 1e-4, β ×0.1/×0.01 at 50/75 % of
+# the bi-level phase, scores at the weights' scale, every layer ranked: `conf/pruner/bip.yaml` today) on the
+# shared protocol (ResNet-20, Fashion-MNIST, 3 epochs = 1263 optimizer steps per run, batch 128).
+#   one run  (bip_rel_s<S>_seed<K>):       dense for the first half, bi-level for the second: GMP's budget (1263 steps)
+#   from dense (bip_rel_init_s<S>_seed<K>): the paper's setting, a trained dense network (dense_seed<K>, 1263 steps,
+#                                          its export kept) pruned by 1263 bi-level steps: 2526 steps in all
+# Then: .venv/bin/python -m experiments.bip.summarize_released   (SEEDS="0" for one seed)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export RUNS=experiments/bip/runs
+for seed in ${SEEDS:-0 1}; do
+  for s in 90 95; do
+    experiments/accuracy/run.sh "bip_rel_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}"
+  done
+  dense=$RUNS/dense_seed${seed}
+  if [ ! -f "$dense/results.json" ]; then
+    mkdir -p "$dense"
+    .venv/bin/python train.py logger=csv progress_bar=false trainer.max_epochs=3 "seed=${seed}" \
+      "hydra.run.dir=$dense" > "$dense/log.txt" 2>&1
+    rm -rf "$dense/checkpoints"
+  fi
+  for s in 90 95; do
+    experiments/accuracy/run.sh "bip_rel_init_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}" \
+      pruner.warmup=0 "init_from=$dense"
+  done
+done
