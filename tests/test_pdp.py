@@ -374,3 +374,25 @@ def _report() -> None:
 
 if __name__ == "__main__":
     _report()
+
+
+def test_global_allocation_sets_per_layer_budgets_from_one_magnitude_ranking():
+    """The paper's rule: r_l from the global magnitude threshold at the end of warm-up. A layer whose weights
+    are larger keeps more of them; a uniform allocation (every layer at `sparsity`) fails here."""
+    torch.manual_seed(0)
+    model = MLP()
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)  # fc1 ranks higher in the global ranking
+    pruner = PDP(sparsity=0.75, warmup=0.0, end=0.5, finetune=0.2, threshold_every=1)
+    pruner.attach(model, 40, torch.zeros(1, 16))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    flat = torch.cat([pruner.masks.param(f).detach().abs().reshape(-1) for f in pruner.weights])
+    threshold = flat.kthvalue(round(0.75 * flat.numel())).values
+    expected = {n: float((pruner.masks.param(f).detach().abs() <= threshold).float().mean()) for f, n in
+                pruner.weights.items()}  # fmt: skip
+    train_plain(model, pruner, optimizer, batches(8, (16,)), 40)
+    assert pruner.hardened
+    reached = pruner.layer_sparsity()
+    assert expected["fc1"] < 0.65 and expected["fc2"] > 0.85  # far from uniform 0.75 in both directions
+    for name, sparsity in expected.items():
+        assert reached[name] == pytest.approx(sparsity, abs=0.02), name
