@@ -22,6 +22,7 @@ from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback
 from sparsetrain.checkpointing import LatestCheckpoint
 from sparsetrain.config import validate
+from sparsetrain.distributed import trainer_overrides
 from sparsetrain.export import export_network
 from sparsetrain.init_from import load_initial_weights
 from sparsetrain.models import build_model
@@ -269,6 +270,7 @@ def _fit_and_report(
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.get("progress_bar", True),
         **short_budget(cfg.trainer),
+        **trainer_overrides(cfg.trainer),
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))

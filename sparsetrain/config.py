@@ -396,6 +396,9 @@ def check_run(cfg: DictConfig, conf_dir: Path | None = CONF_DIR) -> DictConfig:
         from hydra.utils import instantiate
 
         instantiate(cfg.pruner)  # the constructor raises ValueError naming the key and the allowed values
+        from sparsetrain.distributed import check_config
+
+        check_config(cfg)  # a pruner DDP cannot run (LAPP): refused before any process is launched
     if cfg.get("ckpt_path"):
         from sparsetrain.resume import check_resume
 
