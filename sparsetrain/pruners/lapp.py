@@ -133,7 +133,7 @@ class LAPP(Pruner):
         return SparsitySchedule(self.schedule_kind, 1.0 - self.max_flops_ratio, begin, self.end_step, self.update_every)
 
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        self._state = pdp_channel.install(self.model, self.groups, compute=self._masks, name="lapp_state")
+        self._state = pdp_channel.install(self.model, self.groups, compute=self._masks)  # held here, not on the net
 
     def on_attach(self) -> None:
         device = next(self.model.parameters()).device

@@ -173,7 +173,7 @@ class PDP(Pruner):
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
         if self.granularity == "channel":
             self._channel_state = pdp_channel.install(self.model, self.groups)
-            self._channel_state.gain.fill_(self._gain)
+            self._channel_state.gain = self._gain
             return
         for name, module in targets.items():
             if not parametrize.is_parametrized(module, "weight"):
@@ -230,7 +230,7 @@ class PDP(Pruner):
         for soft in self._soft.values():
             soft.gain.fill_(gain)
         if self.granularity == "channel":
-            self._channel_state.gain.fill_(gain)
+            self._channel_state.gain = gain
 
     @property
     def masks_weights(self) -> bool:
@@ -323,10 +323,10 @@ class PDP(Pruner):
             s2 = pdp_channel.group_scores(self.model, group).detach().float()
             keep = max(1, round((1.0 - self.budgets[str(i)] * fraction) * group.size))
             t, hard = self._threshold(s2.sqrt(), keep)
-            ref = getattr(state, f"t2_{i}")
-            setattr(state, f"t2_{i}", torch.tensor(t * t if t > 0 else -1.0, dtype=ref.dtype, device=ref.device))
+            # rounded to float32 as the scores are: the same values the thresholds had as float32 buffers
+            state.t2[i] = _f32(t * t if t > 0 else -1.0)
             scale = spread(s2) if self.tau_normalize else 1.0
-            setattr(state, f"inv_tau_{i}", torch.tensor(1.0 / (self.tau * max(scale, 1e-30)), device=ref.device))
+            state.inv_tau[i] = _f32(1.0 / (self.tau * max(scale, 1e-30)))
             group.expand(hard, new)
         for fqn, mask in new.items():
             self.masks.set(fqn, mask)
@@ -418,10 +418,16 @@ class PDP(Pruner):
     # ------------------------------------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
         # the annealing factor too: a run resumed after its last step hardens (folds) without another forward
-        return {"budgets": self.budgets, "hardened": self.hardened, "gain": self._gain}
+        state = {"budgets": self.budgets, "hardened": self.hardened, "gain": self._gain}
+        if self.granularity == "channel":
+            state["channel"] = self._channel_state.state_dict()  # the groups' thresholds (not in the network)
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.budgets = state.get("budgets")
+        if self.granularity == "channel" and "channel" in state:
+            # (older checkpoints hold them in the network's state_dict, read by `pdp_channel`'s load hook)
+            self._channel_state.load_state_dict(state["channel"])
         self.hardened = state.get("hardened", False)
         self._set_soft(self.budgets is not None and not self.hardened)
         self._gain = None  # the buffers of a fresh model hold 1: fill them whatever the cache says
@@ -437,6 +443,11 @@ class PDP(Pruner):
             "threshold_every": self.threshold_every,
             "ramp": self.ramp,
         }
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to float32."""
+    return float(torch.tensor(value, dtype=torch.float32))
 
 
 def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:

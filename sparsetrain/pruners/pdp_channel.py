@@ -5,13 +5,19 @@ every forward pass *with* autograd (a forward pre-hook on the network), so gradi
 through both the mask and the weights, as in the unstructured case. The mask m_c = σ((s_c² − t²)/τ)
 multiplies every output-side slice of the group (producer rows and biases, BN weight and bias), which scales
 each channel's output whether or not a normalisation layer follows. τ is the pruner's current temperature
-times the spread of the group's s_c² (see `PDP`): `inv_tau_<i>` holds 1/(τ·spread) at the nominal τ, and
+times the spread of the group's s_c² (see `PDP`): `inv_tau[i]` holds 1/(τ·spread) at the nominal τ, and
 `gain` the annealing factor τ/τ(step) shared by every group.
+
+The network gets only the parametrizations and one pre-forward hook, never a module of ours: a child
+registered on a user's `nn.Sequential` would become one of its layers. The thresholds live in a
+`ChannelMaskState` the pruner holds and saves in its own state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,18 +27,36 @@ from sparsetrain.granularity import ChannelGroup, ParamSlice
 from sparsetrain.masking import resolve
 
 
-class ChannelMaskState(nn.Module):
-    """Per-group thresholds (buffers, so they are checkpointed) and the masks of the current forward."""
+class ChannelMaskState:
+    """Per-group thresholds and the masks of the current forward, held by the pruner.
+
+    Not a module, and never registered on the network: a child added to a user's `nn.Sequential` becomes one
+    of its layers (and has no forward). The network carries only the parametrizations on the layers the
+    groups scale and one pre-forward hook; the thresholds are saved in the pruner's state (`state_dict`).
+    Plain floats: they follow no device and are converted to each score's dtype where they are used.
+    """
 
     def __init__(self, sizes: list[int], thresholds: bool = True) -> None:
-        super().__init__()
-        for i in range(len(sizes) if thresholds else 0):  # PDP's; a method computing masks itself has none
-            self.register_buffer(f"t2_{i}", torch.zeros(()))
-            self.register_buffer(f"inv_tau_{i}", torch.ones(()))
-        # not persistent: the pruner saves the annealing factor in its own state (older checkpoints still load)
-        self.register_buffer("gain", torch.ones(()), persistent=False)
+        count = len(sizes) if thresholds else 0  # PDP's; a method computing masks itself has none
+        self.t2: list[float] = [0.0] * count
+        self.inv_tau: list[float] = [1.0] * count
+        self.gain = 1.0  # the annealing factor; the pruner saves it in its own state
         self.enabled = False
         self.current: list[torch.Tensor] = []
+        self.hooks: list[Any] = []
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"t2": list(self.t2), "inv_tau": list(self.inv_tau)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        for key in ("t2", "inv_tau"):
+            values = [float(v) for v in state[key]]
+            if len(values) != len(getattr(self, key)):
+                raise ValueError(
+                    f"the checkpoint holds {len(values)} channel-group thresholds, this network has "
+                    f"{len(getattr(self, key))}: resume into the same model and pruner settings"
+                )
+            setattr(self, key, values)
 
 
 class ChannelSoftMask(nn.Module):
@@ -72,20 +96,18 @@ def group_scores(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     return total / max(1, count)
 
 
+LEGACY_NAME = "pdp_channel_state"  # the child module older checkpoints kept PDP's channel thresholds in
+
+
 def install(
-    model: nn.Module,
-    groups: list[ChannelGroup],
-    compute: Callable[[], list[torch.Tensor]] | None = None,
-    name: str = "pdp_channel_state",
+    model: nn.Module, groups: list[ChannelGroup], compute: Callable[[], list[torch.Tensor]] | None = None
 ) -> ChannelMaskState:
     """Register the parametrizations and the pre-forward hook computing this forward's channel masks.
 
-    `compute` returns one mask per group (default: PDP's soft masks from the state's thresholds); the state
-    module is registered on the model as `name`.
+    `compute` returns one mask per group (default: PDP's soft masks from the state's thresholds). Nothing else
+    is added to the network: the returned state is the caller's to keep (and to save).
     """
     state = ChannelMaskState([g.size for g in groups], thresholds=compute is None)
-    state.name = name
-    model.add_module(name, state)
     for gi, group in enumerate(groups):
         for piece in group.slices:
             if piece.dim != 0:
@@ -100,8 +122,22 @@ def install(
         else:
             state.current = compute() if compute is not None else channel_masks(model, groups, state)
 
-    state.hook = model.register_forward_pre_hook(compute_masks)
+    state.hooks.append(model.register_forward_pre_hook(compute_masks))
+    if compute is None:
+        state.hooks.append(model.register_load_state_dict_pre_hook(partial(_absorb_legacy, state)))
     return state
+
+
+def _absorb_legacy(state: ChannelMaskState, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Read the thresholds an older checkpoint holds as a child module's buffers (`pdp_channel_state.t2_<i>`,
+    `inv_tau_<i>`) into the state, and drop those entries, so a strict load of the network accepts it."""
+    head = f"{prefix}{LEGACY_NAME}."
+    for key in [k for k in state_dict if k.startswith(head)]:
+        value = state_dict.pop(key)
+        kind, _, index = key[len(head) :].rpartition("_")
+        values = getattr(state, kind, None) if kind in ("t2", "inv_tau") else None
+        if values is not None and index.isdigit() and int(index) < len(values):
+            values[int(index)] = float(value)
 
 
 def channel_masks(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> list[torch.Tensor]:
@@ -109,8 +145,7 @@ def channel_masks(model: nn.Module, groups: list[ChannelGroup], state: ChannelMa
     masks = []
     for gi, group in enumerate(groups):
         s2 = group_scores(model, group)
-        t2, inv_tau = getattr(state, f"t2_{gi}"), getattr(state, f"inv_tau_{gi}")
-        masks.append(torch.sigmoid((s2 - t2) * inv_tau * state.gain))
+        masks.append(torch.sigmoid((s2 - state.t2[gi]) * state.inv_tau[gi] * state.gain))
     return masks
 
 
@@ -133,8 +168,10 @@ def fold(model: nn.Module, state: ChannelMaskState, masks: list[torch.Tensor]) -
 
 
 def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> None:
-    """Remove hook, parametrizations (keeping the raw weights) and the state module."""
-    state.hook.remove()
+    """Remove the hooks and the parametrizations (keeping the raw weights)."""
+    for hook in state.hooks:
+        hook.remove()
+    state.hooks = []
     for group in groups:
         for piece in group.slices:
             if piece.dim != 0:
@@ -143,4 +180,3 @@ def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskSt
             owner = model.get_submodule(owner_name)
             if parametrize.is_parametrized(owner, pname):
                 parametrize.remove_parametrizations(owner, pname, leave_parametrized=False)
-    del model._modules[state.name]

@@ -47,6 +47,52 @@ class ResNetTiny(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def seq_net(in_chans: int = 3, width: int = 8, classes: int = 4) -> nn.Sequential:
+    """A user's network as one flat `nn.Sequential` (its type exactly `nn.Sequential`): a child added to it
+    becomes a layer of the forward."""
+    return nn.Sequential(
+        *conv_bn_relu(in_chans, width),
+        *conv_bn_relu(width, width),
+        *conv_bn_relu(width, 2 * width, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, classes),
+    )
+
+
+class Residual(nn.Module):
+    """`relu(x + body(x))` around a user's `nn.Sequential` body (couples the body's output channels to x)."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class NestedSeqNet(nn.Module):
+    """A module holding nested `nn.Sequential`s: stages of blocks (one residual), a Sequential head."""
+
+    def __init__(self, in_chans: int = 3, width: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        body = nn.Sequential(
+            *conv_bn_relu(width, width), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        )
+        self.features = nn.Sequential(
+            nn.Sequential(*conv_bn_relu(in_chans, width)),
+            nn.Sequential(Residual(body), nn.Sequential(*conv_bn_relu(width, 2 * width, stride=2))),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def batches(n: int, shape: tuple[int, ...], classes: int = 4, seed: int = 0, batch: int = 16):
     """A fixed list of learnable random batches (class-dependent mean shift)."""
     g = torch.Generator().manual_seed(seed)
