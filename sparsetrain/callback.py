@@ -297,8 +297,10 @@ class SparsityCallback(pl.Callback):
             own = getattr(self.pruner, "channel_sparsity", None)  # LAPP's: also after slimming
             strategy = self.pruner.granularity_strategy
             out["channel_sparsity"] = own() if callable(own) else strategy.channel_sparsity(self.pruner.masks)
-        if self.flops is not None:
+        acc = self.pruner.accounting(self._example)  # a method's own (LAPP's slimmed network), else the masks'
+        if acc is None and self.flops is not None:
             acc = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
+        if acc is not None:
             out["flops/ratio"] = acc["flops_sparse"] / max(1, acc["flops_dense"])
         if self.log_layers:
             out.update({f"sparsity/{k}": v for k, v in self.pruner.layer_sparsity().items()})

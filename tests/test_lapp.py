@@ -323,3 +323,26 @@ def test_every_group_keeps_a_channel_whatever_the_thresholds():
     out = net(torch.randn(2, 3, 8, 8))
     assert out.shape == (2, 4) and torch.isfinite(out).all()
     assert all(m.weight.shape[0] >= 1 for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_thresholds_budget_and_flops_are_logged_until_slimming_and_the_final_ratio_after(compose):
+    """`lapp/threshold_mean`, `flops/ratio`, `flops/budget` at least every 10 threshold steps until the network
+    is slimmed, then the slimmed network's measured ratio once (metric names users rely on)."""
+    import csv
+
+    cfg = compose(
+        "+pruner=lapp", "pruner.max_flops_ratio=0.5", "pruner.end=0.5", "trainer.max_epochs=-1", "trainer.max_steps=60",
+        "test=false", "export=false",
+    )  # fmt: skip
+    from sparsetrain.app import run
+
+    run(cfg)
+    rows = list(csv.DictReader((Path(cfg.output_dir) / "csv" / "metrics.csv").open()))
+    events = [(int(r["step"]), r) for r in rows if r.get("lapp/threshold_mean")]
+    steps = [s for s, _ in events]
+    assert steps[0] == 0 and all(b - a <= 10 for a, b in zip(steps, steps[1:], strict=False)) and steps[-1] >= 20
+    assert all(r["flops/ratio"] and r["flops/budget"] for _, r in events)
+    assert len({r["lapp/threshold_mean"] for _, r in events}) >= 3  # the thresholds learn
+    after = [r for r in rows if r.get("flops/ratio") and not r.get("lapp/threshold_mean") and int(r["step"]) >= 30]
+    result = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert after and float(after[0]["flops/ratio"]) == pytest.approx(result["flops_sparse"] / result["flops_dense"])

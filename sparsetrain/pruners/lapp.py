@@ -59,7 +59,7 @@ class LAPP(Pruner):
 
     unused_keys = ("sparsity", "n", "m", "allocation")
     granularities = ("channel",)
-    defaults = {**Pruner.defaults, "begin": 0.0, "end": 0.3, "update_every": 50}
+    defaults = {**Pruner.defaults, "begin": 0.0, "end": 0.3, "update_every": 10}
 
     def __init__(
         self,
@@ -128,9 +128,12 @@ class LAPP(Pruner):
         super().on_fit_start(optimizer, schedulers, steps_per_epoch)
 
     def build_schedule(self) -> SparsitySchedule:
+        """The budget's schedule; its events are the logged reports: every `update_every` steps, and at least
+        five times over a short pruning phase (the thresholds themselves learn at every step)."""
         begin = to_step(self.begin, self.total_steps, "begin")
         self.end_step = max(begin, to_step(self.end, self.total_steps, "end"))
-        return SparsitySchedule(self.schedule_kind, 1.0 - self.max_flops_ratio, begin, self.end_step, self.update_every)
+        every = max(1, min(self.update_every, (self.end_step - begin) // 5))
+        return SparsitySchedule(self.schedule_kind, 1.0 - self.max_flops_ratio, begin, self.end_step, every)
 
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
         self._state = pdp_channel.install(self.model, self.groups, compute=self._masks)  # held here, not on the net
@@ -218,8 +221,9 @@ class LAPP(Pruner):
         self._budget = 1.0 - self.schedule.sparsity_at(step)
 
     def before_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        if self.slimmed:
-            return {}
+        if self.slimmed:  # once, at the first step after slimming: the slimmed network's measured FLOPs
+            metrics, self._pending_metrics = self._pending_metrics, {}
+            return metrics
         return super().before_optimizer_step(step, optimizer)
 
     def grads_finite(self) -> bool:
@@ -319,6 +323,11 @@ class LAPP(Pruner):
         self.slimmed = True
         self.masks = None
         self._record_final(example)
+        self._pending_metrics = {
+            "flops/ratio": self.final["flops"] / self.dense_flops,
+            "flops/budget": self.max_flops_ratio,
+            "mask/churn": self.last_churn,
+        }
 
     def _removed_entries(self, keeps: list[torch.Tensor]) -> dict[str, dict[int, set[int]]]:
         """Per parameter (plain FQN) and dimension, the indices slimming removes."""
