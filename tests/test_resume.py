@@ -140,3 +140,36 @@ def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_pa
     with pytest.raises(ValueError, match=r"sparsity: 0.9 in the checkpoint, 0.5 now"):
         fit(0.5, ckpt)
     assert fit(0.5, ckpt, allow=("sparsity",)).global_step > first.global_step
+
+
+def test_bad_ckpt_paths_are_one_line_exit_2_and_leave_no_run_directory(compose, tmp_path):
+    """Through `train.py`: each wrong `ckpt_path` is named for what it is, before anything is built."""
+    import subprocess
+    import sys
+
+    from tests.conftest import FAST
+
+    first = compose("+pruner=gmp", "trainer.max_epochs=1", "test=false")
+    run(first)
+    done = Path(first.output_dir)
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    cases = [
+        (tmp_path / "nowhere.ckpt", [], r"ckpt_path=\S+nowhere.ckpt does not exist"),
+        (done / "results.json", [], r"is a run's results.json, not a checkpoint: pass the run directory"),
+        (done / "export" / "model.safetensors", [], r"is an export's model.safetensors, not a checkpoint"),
+        (tmp_path, [], r"is a directory but not a run directory"),
+        (tmp_path / "empty_run", [], r"is a run directory without checkpoints/last.ckpt"),
+        (done, ["model=resnet20"], r"written with other settings \(model.name: 'lenet5' in the checkpoint, 'resnet20'"),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    for path, extra, message in cases:
+        run_dir = tmp_path / "new_run"
+        proc = subprocess.run(
+            [sys.executable, "train.py", *FAST, "+pruner=gmp", "trainer.max_epochs=1", *extra, f"ckpt_path={path}",
+             f"hydra.run.dir={run_dir}"],
+            cwd=root, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        out = (proc.stdout + proc.stderr).strip()
+        assert proc.returncode == 2 and len(out.splitlines()) == 1 and out.startswith("error: "), out
+        assert __import__("re").search(message, out), out
+        assert not run_dir.exists()
