@@ -5,6 +5,7 @@ the kept channels' optimizer state, resume before and after slimming, and the ru
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,12 @@ def test_thresholds_budget_and_flops_are_logged_until_slimming_and_the_final_rat
     after = [r for r in rows if r.get("flops/ratio") and not r.get("lapp/threshold_mean") and int(r["step"]) >= 30]
     result = json.loads((Path(cfg.output_dir) / "results.json").read_text())
     assert after and float(after[0]["flops/ratio"]) == pytest.approx(result["flops_sparse"] / result["flops_dense"])
+
+
+def test_min_keep_is_a_density_floor_of_every_group_through_the_projection():
+    net, pruner, optimizer = attached(max_flops_ratio=0.05, min_keep=0.25)
+    with torch.no_grad():
+        pruner.theta.fill_(100.0)  # above every score
+    assert all(int(k.sum()) == math.ceil(0.25 * len(k)) for k in pruner.hard_keeps())
+    keeps = pruner.project(pruner.hard_keeps())  # the budget (5 %) is below the floor: the floor wins
+    assert all(int(k.sum()) == math.ceil(0.25 * len(k)) for k in keeps)

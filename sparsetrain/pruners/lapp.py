@@ -20,6 +20,7 @@ Our choices where the abstract is silent (see the class docstring for the formul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,6 +56,8 @@ class LAPP(Pruner):
             the weak task gradient brings channels back).
         tau: Temperature of the surrogate gradient (normalised score units).
         bypass_ratio: Rank of each bypass as a fraction of its conv's output channels (0: no bypass).
+        min_keep: Fraction of every group's channels always kept (its highest scores), in [0, 1): a density
+            floor on the learned allocation (0: one channel, so the network stays connected).
     """
 
     unused_keys = ("sparsity", "n", "m", "allocation")
@@ -69,6 +72,7 @@ class LAPP(Pruner):
         flops_weight: float = 10.0,
         tau: float = 0.1,
         bypass_ratio: float = 0.125,
+        min_keep: float = 0.0,
         **shared: Any,
     ) -> None:
         if granularity != "channel":
@@ -80,9 +84,11 @@ class LAPP(Pruner):
                 raise ValueError(f"pruner.{key} must be a positive number, got {value!r}")
         if not isinstance(bypass_ratio, (int, float)) or not 0.0 <= bypass_ratio <= 1.0:
             raise ValueError(f"pruner.bypass_ratio must be in [0, 1], got {bypass_ratio!r}")
+        if not isinstance(min_keep, (int, float)) or not 0.0 <= min_keep < 1.0:
+            raise ValueError(f"pruner.min_keep must be in [0, 1), got {min_keep!r}")
         super().__init__(sparsity=0.0, granularity="channel", **shared)
         self.max_flops_ratio, self.threshold_lr, self.flops_weight = float(max_flops_ratio), threshold_lr, flops_weight
-        self.tau, self.bypass_ratio = float(tau), float(bypass_ratio)
+        self.tau, self.bypass_ratio, self.min_keep = float(tau), float(bypass_ratio), float(min_keep)
         self.slimmed = False
         self.wrapped: list[str] = []
         self.removals: list[ChannelRemoval] = []
@@ -164,6 +170,7 @@ class LAPP(Pruner):
         bypass = sum(f for f, *_, is_bypass in self._terms if is_bypass)
         self._other_flops = max(0.0, self.dense_flops - (layers_total - bypass))
         self._sizes = [g.size for g in self.groups]
+        self._floors = [max(1, math.ceil(self.min_keep * size)) for size in self._sizes]  # channels always kept
 
     # ------------------------------------------------------------------------------------------- masks
     @torch.no_grad()
@@ -181,7 +188,7 @@ class LAPP(Pruner):
         for gi, s in enumerate(self.scores()):
             theta = self.theta.to(s.device)  # differentiable: the gradient reaches the parameter
             hard = (s >= theta[gi]).float()
-            hard[s.argmax()] = 1.0  # a group keeps one channel: the network stays connected
+            hard[s.topk(self._floors[gi]).indices] = 1.0  # the floor (at least one channel: the net stays connected)
             soft = torch.sigmoid((s - theta[gi]) / self.tau)
             masks.append(hard + (soft - soft.detach()))
         return masks
@@ -290,7 +297,7 @@ class LAPP(Pruner):
         for _, gi, c in order:  # lowest margin first
             if ratio() <= self.max_flops_ratio:
                 break
-            if keeps[gi][c] and keeps[gi].sum() > 1:
+            if keeps[gi][c] and keeps[gi].sum() > self._floors[gi]:
                 keeps[gi][c] = False
         for _, gi, c in reversed(order):  # highest margin first
             if keeps[gi][c]:
