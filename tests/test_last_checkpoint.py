@@ -96,3 +96,11 @@ def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(compose, tmp_
     for k in wa:
         assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
         assert torch.allclose(wa[k], wb[k], atol=1e-5), f"weights differ in {k}"
+
+
+def test_augmentation_with_the_model_summary_on(compose):
+    """Lightning's model summary passes `example_input_array` (a tensor, not an (x, y) batch) through the data
+    module's `on_after_batch_transfer` at fit start."""
+    cfg = compose("+data.augment=true", "trainer.enable_model_summary=true", "trainer.max_epochs=1", "test=false")
+    run(cfg)
+    assert results(cfg.output_dir)["steps"] == 5

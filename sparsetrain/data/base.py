@@ -328,7 +328,8 @@ class TensorDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)
-        if self.augment and trainer is not None and trainer.training:
+        # a training batch is (x, y); Lightning's model summary sends `example_input_array` alone through here
+        if self.augment and trainer is not None and trainer.training and isinstance(batch, (list, tuple)):
             x, y = batch
             return random_crop_flip(x, padding=4, flip=self.flip, generator=self._augment_generator(x.device)), y
         return batch
