@@ -13,5 +13,8 @@ for seed in ${SEEDS:-0}; do
   $R lapp_f50_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.5
   $R gmpch_f50_seed$seed seed=$seed +pruner=gmp pruner.granularity=channel pruner.allocation=uniform pruner.sparsity=0.36
   $R lapp_f40_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.4
+  # a density floor on the learned allocation: every group keeps at least a quarter of its channels
+  $R lapp_mk25_f50_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.5 pruner.min_keep=0.25
+  $R lapp_mk25_f40_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.4 pruner.min_keep=0.25
   $R gmpch_f40_seed$seed seed=$seed +pruner=gmp pruner.granularity=channel pruner.allocation=uniform pruner.sparsity=0.46
 done
