@@ -294,10 +294,10 @@ class SparsityCallback(pl.Callback):
         from the current masks."""
         out = {"sparsity/global": self.pruner.global_sparsity()}
         if self.pruner.granularity == "channel":  # what a channel run's `pruner.sparsity` targets (plots.py)
-            own = getattr(self.pruner, "channel_sparsity", None)  # LAPP's: also after slimming
+            own = getattr(self.pruner, "channel_sparsity", None)  # a method's own: also after it slimmed the network
             strategy = self.pruner.granularity_strategy
             out["channel_sparsity"] = own() if callable(own) else strategy.channel_sparsity(self.pruner.masks)
-        acc = self.pruner.accounting(self._example)  # a method's own (LAPP's slimmed network), else the masks'
+        acc = self.pruner.accounting(self._example)  # a method's own (a slimmed network), else the masks'
         if acc is None and self.flops is not None:
             acc = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
         if acc is not None:

@@ -125,6 +125,7 @@ def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_pa
     """Users of `SparsityCallback` in their own Trainer get the same check (the pruner's settings are in its
     state); `allow_changed` accepts a named key."""
     from sparsetrain import GMP, SparsityCallback
+    from tests.helpers.nets import ResNetTiny
     from tests.test_device_moves import loader
     from tests.test_plain_callback import UserModule
 
@@ -132,7 +133,8 @@ def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_pa
         cb = SparsityCallback(GMP(sparsity=sparsity, update_every=2), allow_changed=allow)
         trainer = pl.Trainer(max_epochs=2 if ckpt else 1, accelerator="cpu", logger=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[cb])  # fmt: skip
-        trainer.fit(UserModule(), train_dataloaders=loader(), ckpt_path=ckpt)
+        torch.manual_seed(0)
+        trainer.fit(UserModule(ResNetTiny(in_chans=3, width=8)), train_dataloaders=loader(), ckpt_path=ckpt)
         return trainer
 
     first = fit(0.9)
