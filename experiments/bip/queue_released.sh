@@ -26,6 +26,8 @@ for seed in ${SEEDS:-0 1}; do
       pruner.warmup=0 "init_from=$dense"
   done
   # IMP's budget divided by 3 at 90 % (13893 / 3 = 4631 steps): the dense 1263 + 8 bi-level epochs (3368 steps)
-  [ "$seed" = 0 ] && experiments/accuracy/run.sh "bip_rel_init8ep_s90_seed${seed}" "seed=${seed}" +pruner=bip \
-    pruner.sparsity=0.90 pruner.warmup=0 "init_from=$dense" trainer.max_epochs=8
+  if [ "$seed" = 0 ]; then
+    experiments/accuracy/run.sh "bip_rel_init8ep_s90_seed${seed}" "seed=${seed}" +pruner=bip \
+      pruner.sparsity=0.90 pruner.warmup=0 "init_from=$dense" trainer.max_epochs=8
+  fi
 done
