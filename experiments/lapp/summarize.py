@@ -25,9 +25,15 @@ def accuracy_rows() -> list[dict]:
             continue
         seed = r["seed"]
         dense = load(DENSE / f"dense_seed{seed}")
+        rates = (r.get("lapp") or {}).get("layer_channel_pruning") or {}
+        stages = {}
+        for layer, rate in rates.items():  # mean channel pruning rate per stage (the allocation LAPP learned)
+            stages.setdefault(layer.split(".")[0], []).append(rate)
         rows.append(
             {
                 "run": name,
+                "min_keep": (r.get("pruner_config") or {}).get("min_keep"),
+                "val_acc": r["val_acc"],
                 "test_acc": r["test_acc"],
                 "dense_test_acc": dense["test_acc"] if dense else None,
                 "flops_ratio": r["flops_sparse"] / r["flops_dense"],
@@ -35,6 +41,10 @@ def accuracy_rows() -> list[dict]:
                 "params_ratio": r["params_nonzero"] / r["params_total"],
                 "train_time_s": r["train_time_s"],
                 "dense_train_time_s": dense["train_time_s"] if dense else None,
+                "stage_channel_pruning": ", ".join(
+                    f"{k} {sum(v) / len(v):.2f}" for k, v in sorted(stages.items()) if k.startswith("layer")
+                )
+                or None,
             }
         )
     return rows
