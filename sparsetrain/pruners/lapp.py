@@ -21,6 +21,7 @@ Our choices where the abstract is silent (see the class docstring for the formul
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,7 +58,10 @@ class LAPP(Pruner):
         tau: Temperature of the surrogate gradient (normalised score units).
         bypass_ratio: Rank of each bypass as a fraction of its conv's output channels (0: no bypass).
         min_keep: Fraction of every group's channels always kept (its highest scores), in [0, 1): a density
-            floor on the learned allocation (0: one channel, so the network stays connected).
+            floor on the learned allocation (0: one channel, so the network stays connected). Default 0.25:
+            without it the thresholds emptied the last stage (one layer kept 3 of 64 channels); with it,
+            validation accuracy on the shared protocol rose from 0.9030 to 0.9088 at 0.4 of the dense FLOPs
+            and stayed level at 0.5 (0.9140, 0.9143; `experiments/lapp`).
     """
 
     unused_keys = ("sparsity", "n", "m", "allocation")
@@ -72,7 +76,7 @@ class LAPP(Pruner):
         flops_weight: float = 10.0,
         tau: float = 0.1,
         bypass_ratio: float = 0.125,
-        min_keep: float = 0.0,
+        min_keep: float = 0.25,
         **shared: Any,
     ) -> None:
         if granularity != "channel":
@@ -305,6 +309,12 @@ class LAPP(Pruner):
             keeps[gi][c] = True
             if ratio() > self.max_flops_ratio:
                 keeps[gi][c] = False
+        if ratio() > self.max_flops_ratio + 1e-9:
+            warnings.warn(
+                f"LAPP: min_keep={self.min_keep:g} keeps {ratio():.3f} of the dense FLOPs, above the budget "
+                f"max_flops_ratio={self.max_flops_ratio:g}; lower min_keep to meet it",
+                stacklevel=2,
+            )
         return keeps
 
     def slim(self) -> None:
