@@ -10,7 +10,7 @@ The decision is a pure function of the layer, the target device's capability and
 (`decide`), so it is tested without a GPU; `to_semi_structured` applies it.
 
 Being faster is a separate question: on an H100, eager cuSPARSELt cost about 0.57 ms of host time per call
-and lost to dense for ViT-size GEMMs (see `../shared/reference/peers.md`); measure before claiming.
+and lost to dense for ViT-size GEMMs in an earlier measurement; measure before claiming.
 """
 
 from __future__ import annotations
