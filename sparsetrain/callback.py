@@ -320,21 +320,16 @@ class SparsityCallback(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "pruner": self.pruner.state_dict(), "config": plain_config(self.pruner.describe())}
+        return {"version": 1, "pruner": self.pruner.state_dict(), "config": flatten(self.pruner.describe())}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         recorded = state_dict.get("config")  # absent in checkpoints written before settings were recorded
         if recorded is not None and "*" not in self.allow_changed:
-            diffs = differences(recorded, plain_config(self.pruner.describe()), self.allow_changed)
+            diffs = differences(recorded, flatten(self.pruner.describe()), self.allow_changed)
             if diffs:
                 raise ValueError(
                     f"the checkpoint was written by {type(self.pruner).__name__} with other settings "
                     f"({'; '.join(diffs)}): resume with the same settings, or pass allow_changed=[...] on purpose"
                 )
         self.pruner.load_state_dict(state_dict["pruner"])
-
-
-def plain_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A pruner's `describe()` as plain Python (lists, not tuples), as it reads back from a checkpoint."""
-    return flatten(config)

@@ -44,7 +44,8 @@ def _plain(value: Any) -> Any:
 
 
 def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (lists stay values)."""
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, values as plain Python (tuples as lists, so a config compares equal to
+    itself read back from a checkpoint; lists stay values)."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         name = f"{prefix}{key}"

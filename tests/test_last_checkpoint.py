@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sparsetrain.app import run
 from tests.conftest import FAST
+from tests.helpers.runs import assert_same_export
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,11 +91,7 @@ def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(compose, tmp_
     a, b = results(full.output_dir), results(resumed.output_dir)
     assert a["steps"] == b["steps"] == 15
     assert a["sparsity"] == b["sparsity"]
-    wa = load_file(str(Path(full.output_dir) / "export" / "model.safetensors"))
-    wb = load_file(str(Path(resumed.output_dir) / "export" / "model.safetensors"))
-    for k in wa:
-        assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
-        assert torch.allclose(wa[k], wb[k], atol=1e-5), f"weights differ in {k}"
+    assert_same_export(full.output_dir, resumed.output_dir, atol=1e-5)
 
 
 def test_augmentation_with_the_model_summary_on(compose):

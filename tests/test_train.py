@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from sparsetrain.app import run
 from sparsetrain.errors import one_line_error
 from sparsetrain.models import build_model
+from tests.helpers.runs import assert_same_export
 
 KEYS = [
     "pruner",
@@ -155,11 +156,7 @@ def test_kill_and_resume_mid_schedule_equals_uninterrupted(compose, pruner):
     assert a["steps"] == b["steps"]
     assert a["test_acc"] == b["test_acc"]
     assert a["sparsity"] == b["sparsity"]
-    wa = load_file(str(Path(full.output_dir) / "export" / "model.safetensors"))
-    wb = load_file(str(Path(resumed.output_dir) / "export" / "model.safetensors"))
-    for k in wa:
-        assert torch.equal(wa[k] == 0, wb[k] == 0), f"mask differs in {k}"
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), f"weights differ in {k}"
+    assert_same_export(full.output_dir, resumed.output_dir, atol=1e-6)
 
 
 def test_resuming_with_another_pruner_is_one_clear_line(compose):

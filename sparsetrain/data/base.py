@@ -53,10 +53,12 @@ class ResumableEpochs:
     _resume: tuple[int, int] | None = None
 
     def _epoch(self) -> int:
-        raise NotImplementedError
+        """The pass's epoch, from the sampler Lightning sets it on (or its distributed wrapper)."""
+        return getattr(self.sampler, "epoch", 0)
 
     def _set_epoch(self, epoch: int) -> None:
-        raise NotImplementedError
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self._epoch(), "batches": self.position}
@@ -110,12 +112,6 @@ class DeviceLoader(ResumableEpochs):
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _epoch(self) -> int:
-        return self.sampler.epoch
-
-    def _set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
     def _indices(self) -> torch.Tensor:
         n = len(self.x)
         idx = torch.tensor(list(self.sampler), dtype=torch.long) if self.shuffle else torch.arange(n)
@@ -144,13 +140,6 @@ class ResumableDataLoader(ResumableEpochs, DataLoader):
     Skipped batches are drawn from the sampler only (no sample is loaded for them). Under DDP Lightning wraps
     the sampler in a distributed one; the skip then counts this rank's batches, which is what it recorded.
     """
-
-    def _epoch(self) -> int:
-        return getattr(self.sampler, "epoch", 0)
-
-    def _set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         skip = self._skip()
