@@ -12,7 +12,7 @@ endif
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test test-all lint format clean
+.PHONY: setup data train test test-all lint format clean study study-report
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,19 @@ data:
 # The main job: GraNet at 90 % sparsity, ResNet-20, Fashion-MNIST, 3 epochs (~3-6 min of training on 2 CPU cores).
 train: setup data
 	$(PY) train.py +pruner=granet $(ARGS)
+
+# A study: its sweeps (conf/experiment/$(STUDY)*.yaml; finished jobs are skipped, an interrupted one resumes),
+# then its CSV, figures and the README's tables. `make study STUDY=unstructured`
+STUDY ?= unstructured
+study: setup data
+	@for exp in $$(cd conf/experiment && ls $(STUDY).yaml $(STUDY)_*.yaml 2>/dev/null | sed 's/\.yaml$$//'); do \
+		$(PY) train.py -m experiment=$$exp $(ARGS) || exit 1; done
+	$(MAKE) study-report STUDY=$(STUDY)
+
+study-report: setup
+	$(PY) -m sparsetrain.sweep_summary experiments/studies/$(STUDY)/runs
+	$(PY) -m experiments.studies.plot $(STUDY)
+	$(PY) -m experiments.studies.tables
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

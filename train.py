@@ -6,6 +6,7 @@ one line `error: ...` and exit code 2, before any model or data is built and bef
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,10 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Run one job; returns the final validation accuracy so Hydra sweepers can optimise it."""
+    done = finished_result(cfg)
+    if done is not None:
+        return done
+    continue_interrupted_job(cfg)
     try:
         from sparsetrain.config import check_run
 
@@ -37,6 +42,35 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("error: %s", message)
         sys.exit(EXIT_CODE)
+
+
+def finished_result(cfg: DictConfig) -> float | None:
+    """With `skip_done`, the recorded `val_acc` of a job whose run directory already holds `results.json` (the job
+    is not run again, so a study's sweep resumes where it stopped); None when the job must run."""
+    if not cfg.get("skip_done"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    results = Path(HydraConfig.get().runtime.output_dir) / "results.json"
+    if not results.exists():
+        return None
+    log.info("skip: %s exists (skip_done=true)", results)
+    return json.loads(results.read_text()).get("val_acc") or 0.0
+
+
+def continue_interrupted_job(cfg: DictConfig) -> None:
+    """With `skip_done`, a job stopped before its end (its `checkpoints/last.ckpt` but no `results.json`) resumes
+    from that checkpoint instead of starting over."""
+    if not cfg.get("skip_done") or cfg.get("ckpt_path"):
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (run_dir / "checkpoints" / "last.ckpt").exists():
+        log.info("resuming the interrupted job from %s", run_dir / "checkpoints" / "last.ckpt")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(run_dir)
 
 
 def cli() -> None:

@@ -22,8 +22,29 @@ from sparsetrain.config import CONF_DIR, ConfigError, _light_checks, check_run
 MAX_SWEEP_JOBS_CHECKED = 256
 
 
-def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job `overrides` describes (one job without -m; the basic sweeper's grid with it)."""
+def _config_sweep_params(overrides: list[str], conf_dir: Path, config_name: str) -> list[str]:
+    """The sweep a study's config declares (`hydra.sweeper.params` of `conf/experiment/<study>.yaml`), as overrides
+    the basic sweeper puts before the command line's."""
+    picks = [o for o in overrides if o.split("=")[0].lstrip("+") == "experiment" and "," not in o]
+    if not picks:
+        return []
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
+        cfg = GlobalHydra.instance().hydra.compose_config(
+            config_name, picks, run_mode=RunMode.MULTIRUN, from_shell=True, with_log_configuration=False
+        )
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [f"{k}={v}" for k, v in params.items()]
+
+
+def _job_overrides(
+    overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR, config_name: str = "train"
+) -> list[list[str]]:
+    """The override list of every job `overrides` describes (one job without -m; the basic sweeper's grid with it,
+    the study config's sweep first, as the sweeper reads it)."""
     if not multirun:
         return [overrides]
     if any(o.lstrip("+~").startswith("hydra/sweeper") for o in overrides):
@@ -31,7 +52,8 @@ def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = _config_sweep_params(overrides, conf_dir, config_name) + overrides
+    parsed = OverridesParser.create().parse_overrides(swept)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch][:MAX_SWEEP_JOBS_CHECKED]
 
 
@@ -67,7 +89,7 @@ def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "trai
 
     previous = HydraConfig.instance().cfg
     try:
-        jobs = _job_overrides(list(args.overrides), args.multirun)
+        jobs = _job_overrides(list(args.overrides), args.multirun, conf_dir, args.config_name or config_name)
         configs = []
         for overrides in jobs:  # compose and check every job without torch first: the common mistakes come fast
             with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):

@@ -17,7 +17,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from typing_extensions import override
 
-COLUMNS = ("job", "overrides", "sparsity", "channel_sparsity", "test_acc", "val_acc", "flops_ratio", "train_time_s")
+COLUMNS = (
+    "job", "overrides", "pruner", "granularity", "target", "seed", "sparsity", "channel_sparsity", "test_acc",
+    "val_acc", "flops_ratio", "steps", "train_time_s",
+)  # fmt: skip
+OPTIONAL = ("channel_sparsity", "granularity", "target")  # columns left out when no job has a value
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -40,7 +44,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     `results.json` (failed or still running) has empty metrics.
     """
     sweep_dir = Path(sweep_dir)
-    jobs = sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_natural)
+    found = {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}
+    found |= {p.parent for p in sweep_dir.glob("**/results.json")}  # a committed study keeps results.json only
+    jobs = sorted(found, key=_natural)
     overrides = {job: _job_overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(jobs) > 1 else set()
     rows = []
@@ -48,19 +54,58 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         results_path = job / "results.json"
         r = json.loads(results_path.read_text()) if results_path.exists() else {}
         flops = r.get("flops_sparse") / r["flops_dense"] if r.get("flops_dense") else None
+        pruner_cfg = r.get("pruner_config") or {}
         rows.append(
             {
                 "job": str(job.relative_to(sweep_dir)),
                 "overrides": " ".join(o for o in overrides[job] if o not in common),
+                "pruner": (r.get("pruner") or "dense") if r else None,
+                "granularity": pruner_cfg.get("granularity"),
+                "target": _target(pruner_cfg),
+                "seed": r.get("seed"),
                 "sparsity": r.get("sparsity"),
                 "channel_sparsity": r.get("channel_sparsity"),
                 "test_acc": r.get("test_acc"),
                 "val_acc": r.get("val_acc"),
                 "flops_ratio": flops,
+                "steps": r.get("steps"),
                 "train_time_s": r.get("train_time_s"),
             }
         )
+        rows.extend(_round_rows(job, sweep_dir))
     return rows
+
+
+def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per pruning round of an IMP run whose round tickets were tested (`rounds.json`, written by
+    `experiments/bip/imp_rounds.py`): one IMP run passes through every sparsity of a study."""
+    path = job / "rounds.json"
+    if not path.exists():
+        return []
+    seed = json.loads((job / "results.json").read_text()).get("seed") if (job / "results.json").exists() else None
+    return [
+        {
+            "job": f"{job.relative_to(sweep_dir)}/round{r['round']}",
+            "overrides": "",
+            "pruner": "imp",
+            "granularity": "unstructured",
+            "target": None,
+            "seed": seed,
+            "sparsity": r["sparsity"],
+            "channel_sparsity": None,
+            "test_acc": r.get("test_acc"),
+            "val_acc": r.get("val_acc"),
+            "flops_ratio": None,
+            "steps": r.get("steps_done"),
+            "train_time_s": r.get("wall_s"),
+        }
+        for r in json.loads(path.read_text())
+    ]
+
+
+def _target(pruner_cfg: dict[str, Any]) -> float | None:
+    """What the run was asked for: the FLOPs budget of a method that has one, else the target sparsity."""
+    return pruner_cfg.get("max_flops_ratio") or pruner_cfg.get("sparsity")
 
 
 def _cell(column: str, value: Any) -> str:
@@ -77,7 +122,7 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
     rows = collect(sweep_dir)
     if not rows:
         return None
-    columns = [c for c in COLUMNS if c != "channel_sparsity" or any(r[c] is not None for r in rows)]
+    columns = [c for c in COLUMNS if c not in OPTIONAL or any(r[c] is not None for r in rows)]
     path = sweep_dir / "summary.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
