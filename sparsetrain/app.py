@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import string
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,27 +12,27 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import Logger
 
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.callback import SparsityCallback
 from sparsetrain.checkpointing import LatestCheckpoint
 from sparsetrain.config import validate
+from sparsetrain.dense_reference import dense_reference
 from sparsetrain.distributed import trainer_overrides
 from sparsetrain.export import export_network
 from sparsetrain.init_from import load_initial_weights
+from sparsetrain.loggers import build_loggers, finish_wandb, summarize_wandb
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
 from sparsetrain.plots import plot_run_safely
-from sparsetrain.quiet import quiet, quiet_wandb
+from sparsetrain.quiet import quiet
 from sparsetrain.restore import run_arch
 from sparsetrain.resume import RunSettings, allowed_pruner_changes, check_resume
 from sparsetrain.slim import ChannelRemoval
 from sparsetrain.targets import select_targets
 
 log = logging.getLogger("sparsetrain")
-DENSE_REFERENCE = Path(__file__).resolve().parent.parent / "experiments" / "dense_reference.json"
-WANDB_ID_FILE = "wandb_id.txt"  # in the run directory: a run resumed from its checkpoint continues this W&B run
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -51,121 +47,11 @@ def output_dir(cfg: DictConfig) -> Path:
         return Path.cwd()
 
 
-def wandb_mode() -> str:
-    """`online` only when the user configured an API key; never blocks without a network."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
-
-
-def hydra_job() -> tuple[str | None, list[str]]:
-    """`(sweep group, this job's overrides)` from Hydra; `(None, [])` outside Hydra.
-
-    The group is the sweep directory's last two parts (`2024-01-01/12-00-00`) in a multirun, None in a single run.
-    """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except ValueError:
-        return None, []
-    group = "/".join(Path(str(hc.sweep.dir)).parts[-2:]) if hc.mode == RunMode.MULTIRUN else None
-    return group, [str(o) for o in hc.overrides.task]
-
-
-def wandb_run_id(run_dir: Path, ckpt_path: str | None) -> tuple[str, bool]:
-    """This run's W&B id and whether it continues an earlier run.
-
-    A run resumed from `ckpt_path` continues the W&B run of the run directory that holds the checkpoint
-    (`<run>/checkpoints/x.ckpt` -> `<run>/wandb_id.txt`), or of its own directory; any other run gets a new id.
-    Rank zero records the id in `run_dir/wandb_id.txt`.
-    """
-    found = None
-    if ckpt_path:
-        for d in (Path(ckpt_path).resolve().parent.parent, run_dir):
-            if (d / WANDB_ID_FILE).is_file():
-                found = (d / WANDB_ID_FILE).read_text().strip() or None
-                if found:
-                    break
-    alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
-    run_id = found or "".join(secrets.choice(alphabet) for _ in range(8))
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / WANDB_ID_FILE).write_text(run_id + "\n")
-    return run_id, found is not None
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """CSV always; W&B when configured (offline unless a key is set).
-
-    The W&B run is this job's own: in a multirun sweep its `group` is the sweep and its name the job's overrides
-    (`logger.wandb.group`/`name` override both); resumed from a checkpoint, it continues the checkpoint's run.
-    """
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is not None and wandb_cfg.get("enabled", True):
-        group, overrides = hydra_job()
-        run_id, resumed = wandb_run_id(run_dir, cfg.get("ckpt_path"))
-        loggers.append(
-            quiet_wandb(
-                WandbLogger(
-                    project=wandb_cfg.get("project", "sparsetrain"),
-                    name=wandb_cfg.get("name") or " ".join(overrides) or None,
-                    group=wandb_cfg.get("group") or group,
-                    id=run_id,
-                    resume="allow" if resumed else None,
-                    save_dir=str(run_dir),
-                    offline=wandb_mode() != "online",
-                    config=OmegaConf.to_container(cfg, resolve=True),
-                )
-            )
-        )
-    return loggers
-
-
-def finish_wandb(failed: bool) -> None:
-    """End this process's W&B run, so the next job of a sweep (same process) starts its own."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=1 if failed else 0)
-
-
 def short_budget(trainer_cfg: DictConfig) -> dict[str, Any]:
     """Trainer arguments that follow a `max_steps` budget: a log interval of at most a tenth of it."""
     max_steps = trainer_cfg.get("max_steps") or -1
     every = trainer_cfg.get("log_every_n_steps") or 50
     return {"log_every_n_steps": max(1, min(every, max_steps // 10))} if max_steps > 0 else {}
-
-
-def reference_key(model: str, data: str, epochs: Any, batch_size: Any, optim: str, lr: float) -> str:
-    """Key of a dense reference result: the budget and the recipe it was trained with."""
-    return f"{model}/{data}/{epochs}ep/b{batch_size}/{optim}-lr{lr:g}"
-
-
-def dense_reference(cfg: DictConfig, data: str, extended: bool = False) -> float | None:
-    """Dense test accuracy of the same budget and recipe from the committed reference (mean over seeds), if any.
-
-    The reference is for whole epochs of one recipe (batch size, optimizer, LR); a run cut short
-    (`max_steps`, `limit_train_batches`), trained differently, started from trained weights (`init_from`), or
-    `extended` beyond its budget by the pruner (several rounds) has none.
-    """
-    trainer_cfg = cfg.trainer
-    if not DENSE_REFERENCE.exists() or extended or cfg.get("init_from"):
-        return None
-    if trainer_cfg.get("max_steps", -1) not in (-1, None) or trainer_cfg.get("limit_train_batches") not in (None, 1.0):
-        return None
-    key = reference_key(
-        cfg.model.name, data, trainer_cfg.get("max_epochs"), cfg.data.get("batch_size"), cfg.optim.name, cfg.optim.lr
-    )
-    return json.loads(DENSE_REFERENCE.read_text()).get(key)
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:
@@ -259,7 +145,7 @@ def _fit_and_report(
     run_dir: Path,
     callbacks: list[pl.Callback],
     sparsity_cb: SparsityCallback | None,
-    loggers: list,
+    loggers: list[Logger],
 ) -> float:
     """The body of `run` once its loggers exist: fit, finalize, test, results.json, export, plots."""
     dm, network, pruner, module = (parts[k] for k in ("datamodule", "network", "pruner", "module"))
@@ -321,10 +207,7 @@ def _fit_and_report(
             )
         if cfg.get("plots", True):
             plot_run_safely(run_dir)
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                logger.experiment.summary.update(scalars)
+        summarize_wandb(loggers, results)
         dense, channels = results["dense_test_acc"], results["channel_sparsity"]
         log.info(
             "done: test_acc=%s sparsity=%.4f%s flops_ratio=%.3f steps=%d train_time=%.0fs%s -> %s",
@@ -340,4 +223,4 @@ def _fit_and_report(
     return float(val_acc) if val_acc is not None else float("nan")
 
 
-__all__ = ["dense_reference", "output_dir", "prepare", "reference_key", "run"]
+__all__ = ["output_dir", "prepare", "run"]

@@ -14,9 +14,9 @@ from typing_extensions import override
 
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.checkpointing import apply_loader_states
+from sparsetrain.granularity import left_dense_text
 from sparsetrain.pruners.base import Pruner
 from sparsetrain.resume import STATE_PREFIX, differences, flatten, pruner_in_checkpoint
-from sparsetrain.strategies import left_dense_text
 from sparsetrain.targets import candidate_layers
 
 
@@ -290,13 +290,9 @@ class SparsityCallback(pl.Callback):
             masks.apply_to_weights()
 
     def metrics(self) -> dict[str, float]:
-        """`sparsity/global`, `flops/ratio`, `channel_sparsity` (channel runs) and (optionally) `sparsity/<layer>`
-        from the current masks."""
-        out = {"sparsity/global": self.pruner.global_sparsity()}
-        if self.pruner.granularity == "channel":  # what a channel run's `pruner.sparsity` targets (plots.py)
-            own = getattr(self.pruner, "channel_sparsity", None)  # a method's own: also after it slimmed the network
-            strategy = self.pruner.granularity_strategy
-            out["channel_sparsity"] = own() if callable(own) else strategy.channel_sparsity(self.pruner.masks)
+        """`sparsity/global`, the granularity's own (`channel_sparsity`: what a channel run's `pruner.sparsity`
+        targets), `flops/ratio` and (optionally) `sparsity/<layer>`, from the current masks."""
+        out = {"sparsity/global": self.pruner.global_sparsity(), **self.pruner.granularity_metrics()}
         acc = self.pruner.accounting(self._example)  # a method's own (a slimmed network), else the masks'
         if acc is None and self.flops is not None:
             acc = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
@@ -313,8 +309,7 @@ class SparsityCallback(pl.Callback):
             if self.flops is None or self.pruner.masks is None or not self.pruner.masks.masks:
                 return self.summary or {}
             out = account(self.network, self.flops, self.pruner.mask_dict(), self.pruner.targets)
-            if self.pruner.granularity == "channel":
-                out["channel_sparsity"] = self.pruner.granularity_strategy.channel_sparsity(self.pruner.masks)
+            out.update(self.pruner.granularity_metrics())
         out["pruner_state"] = self.pruner.report()
         return out
 

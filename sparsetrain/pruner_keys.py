@@ -9,12 +9,23 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import pkgutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from omegaconf import OmegaConf
 
-GRANULARITIES = ("unstructured", "channel", "nm")
+GRANULARITY_NOUNS = {"unstructured": "single weights", "nm": "N:M groups", "channel": "channels"}  # for messages
+GRANULARITY_DIR = Path(__file__).resolve().parent / "granularity"
+# one file per granularity (`sparsetrain/granularity/<name>.py`), read without importing it (these checks run
+# before torch is imported); unstructured first, the default
+GRANULARITIES = tuple(
+    sorted(
+        (m.name for m in pkgutil.iter_modules([str(GRANULARITY_DIR)]) if m.name != "base"),
+        key=lambda name: (name != "unstructured", name),
+    )
+)
 ALLOCATIONS = ("uniform", "global", "erk")
 SCHEDULES = ("oneshot", "linear", "cubic")
 
@@ -99,6 +110,14 @@ class SharedKeys:
         update_every = d["update_every"] if update_every is None else update_every
         if granularity not in GRANULARITIES:
             raise ValueError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+        defined = getattr(type(self), "granularities", GRANULARITIES)
+        if granularity not in defined:  # before the other keys: their advice may assume this granularity
+            what = " or ".join(GRANULARITY_NOUNS.get(g, g) for g in defined)
+            others = sorted(k for k, cls in registry.items() if granularity in getattr(cls, "granularities", ()))
+            raise ValueError(
+                f"{type(self).__name__} prunes {what} only: granularity={granularity} is not defined for it "
+                f"(pruner.granularity: {', '.join(defined)}; methods for {granularity}: {', '.join(others)})"
+            )
         if allocation not in ALLOCATIONS:
             raise ValueError(f"pruner.allocation must be one of {', '.join(ALLOCATIONS)}; got {allocation!r}")
         if schedule not in SCHEDULES:

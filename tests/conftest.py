@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from tests.helpers.config import CONF_DIR, FAST
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
@@ -28,24 +30,13 @@ def pytest_collection_modifyitems(config, items) -> None:
                 item.add_marker(skip)
 
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
-FAST = [
-    "data=fake",
-    "data.num_samples=96",
-    "data.num_test=32",
-    "data.batch_size=16",
-    "data.image_size=16",
-    "data.in_chans=1",
-    "model=lenet5",
-    "logger=csv",
-    "trainer.max_epochs=2",
-    "trainer.accelerator=cpu",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_model_summary=false",
-    "progress_bar=false",
-    "export=true",
-    "plots=false",
-]
+@pytest.fixture
+def trainer():
+    """A factory of quiet CPU Trainers: `trainer(**overrides)` (no logger, checkpoints, progress bar or model
+    summary unless overridden; see `tests.helpers.fits.QUIET`)."""
+    from tests.helpers.fits import quiet_trainer  # Lightning and sparsetrain load after the environment above
+
+    return quiet_trainer
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from sparsetrain import SparsityCallback
 from sparsetrain.granularity import nm_group_view, nm_mask
 from sparsetrain.masking import find_mask_buffers
 from sparsetrain.pruners import BiP
-from tests.helpers.nets import MLP, ResNetTiny, batches, train_plain
-from tests.test_device_moves import Net, fit
+from tests.helpers.fits import fit
+from tests.helpers.nets import MLP, Net, ResNetTiny, batches, train_plain
 
 X_MLP, X_IMG = torch.zeros(1, 16), torch.zeros(1, 3, 8, 8)
 

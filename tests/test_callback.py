@@ -29,21 +29,12 @@ class UserModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.05)
 
 
-def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
+def test_callback_on_a_users_module_finalizes_into_the_plain_architecture(trainer):
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(32, 3, 32, 32), torch.randint(0, 4, (32,))), batch_size=8)
     module = UserModule()
     cb = SparsityCallback(GMP(sparsity=0.5, update_every=1, end=0.5))
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[cb],
-    )
-    trainer.fit(module, train_dataloaders=data)
+    trainer(max_epochs=2, callbacks=[cb]).fit(module, train_dataloaders=data)
     assert cb.summary["sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert "conv1.0" not in cb.summary["layers"] and "fc" not in cb.summary["layers"]  # stem and head kept dense
     assert find_mask_buffers(module.backbone) == []
@@ -54,20 +45,11 @@ def test_callback_on_a_users_module_finalizes_into_the_plain_architecture():
         assert torch.count_nonzero(w) == round(layer["density"] * w.numel())
 
 
-def test_an_open_ended_budget_is_a_clear_error():
+def test_an_open_ended_budget_is_a_clear_error(trainer):
     data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))), batch_size=8)
-    trainer = pl.Trainer(
-        max_epochs=-1,
-        max_time={"minutes": 1},
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[SparsityCallback(GMP(sparsity=0.5))],
-    )
+    open_ended = trainer(max_epochs=-1, max_time={"minutes": 1}, callbacks=[SparsityCallback(GMP(sparsity=0.5))])
     with pytest.raises(ValueError, match="needs a finite training budget"):
-        trainer.fit(UserModule(), train_dataloaders=data)
+        open_ended.fit(UserModule(), train_dataloaders=data)
 
 
 @pytest.mark.slow  # two processes, each a full train.py start: about 40 s on 2 cores

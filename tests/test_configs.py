@@ -30,6 +30,16 @@ def test_every_pruner_yaml_instantiates_its_registered_class(compose, pruner):
 
 
 @pytest.mark.parametrize("pruner", _options("pruner"))
+def test_every_pruner_yaml_extends_the_shared_keys_and_sets_only_what_it_changes(pruner):
+    import yaml
+
+    shared = yaml.safe_load((CONF / "pruner_shared" / "keys.yaml").read_text())
+    declared = yaml.safe_load((CONF / "pruner" / f"{pruner}.yaml").read_text())
+    assert declared.pop("defaults") == ["/pruner_shared/keys@_here_", "_self_"]
+    assert {k: v for k, v in declared.items() if k in shared and v == shared[k]} == {}  # a shared default restated
+
+
+@pytest.mark.parametrize("pruner", _options("pruner"))
 def test_nm_needs_no_sparsity_and_the_run_seed_reaches_the_pruner(compose, pruner):
     if "nm" not in list_pruners()[pruner].granularities:
         pytest.skip(f"{pruner} defines no N:M granularity")
@@ -103,7 +113,7 @@ def test_every_optim_yaml_builds_the_optimizer_and_lr_schedule_it_describes(comp
 def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path):
     import yaml
 
-    from sparsetrain.app import build_loggers
+    from sparsetrain.loggers import build_loggers
 
     described = yaml.safe_load((CONF / "logger" / f"{option}.yaml").read_text())
     loggers = build_loggers(compose(f"logger={option}", fast=False), tmp_path)

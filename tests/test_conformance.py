@@ -4,8 +4,9 @@ under a non-finite loss step, and on a timm, a torchvision and a built-in model.
 The rest of the matrix lives in `test_device_moves.py` (buffers replaced mid-fit and at teardown, dtype
 changes, bf16-mixed, channels_last, resume into a moved model), `test_ddp.py` (2-process gloo DDP),
 `test_plain_callback.py` (the callback on a user's module), `test_protocol.py` (a second optimizer refused)
-and `test_lapp.py`. The default suite runs every pruner at its default granularity; the other cells are
-marked slow (`make test-all`).
+and `test_lapp.py`; the cells, the pruners' budgets and the default-suite split are `tests/helpers/matrix.py`.
+The default suite runs every pruner at its default granularity; the other cells are marked slow
+(`make test-all`).
 
 LAPP prunes channels toward a FLOPs budget and physically slims the network at its `end`, so it has no masks
 to check afterwards: its cells check that the budget is met, that training went on after slimming and that
@@ -23,63 +24,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsetrain import SparsityCallback
 from sparsetrain.models import build_model
-from sparsetrain.pruners import list_pruners
-from tests.test_device_moves import CASES, GRANULARITIES, Net, ZeroAfterStep, assert_target_reached, loader
+from tests.helpers.callbacks import Timeline, ZeroAfterStep
+from tests.helpers.checks import assert_target_reached
+from tests.helpers.fits import quiet_trainer
+from tests.helpers.matrix import PRUNERS, cells, default_granularity, make
+from tests.helpers.nets import Net, loader
 
-PRUNERS = list_pruners()
-LAPP_KW = {"max_flops_ratio": 0.5, "end": 0.5, "update_every": 2, "threshold_lr": 0.05}  # slims at step 6 of 12
 ACCUMULATE = 2
 MICRO_BATCHES = 4  # per epoch: `loader()` holds 32 samples in batches of 8
-
-
-def default_granularity(cls: type) -> str:
-    return "unstructured" if "unstructured" in cls.granularities else cls.granularities[0]
-
-
-def make(key: str, granularity: str, **extra):
-    """The pruner of a cell: `CASES`' budgets (events spread over the 12 optimizer steps of a fit)."""
-    cls = PRUNERS[key]
-    if key == "lapp":
-        return cls(**{**LAPP_KW, **extra})
-    kw = {**CASES.get(key, {"update_every": 2}), **GRANULARITIES[granularity], **extra}
-    kw["granularity"] = granularity
-    return cls(**kw)
-
-
-def cells(*variants: str, known: dict[str, str] | None = None) -> list:
-    """(key, granularity[, variant]) for every pruner and granularity it defines; only each pruner's default
-    granularity with the first variant runs in the default suite, the rest is marked slow. `known`: pruners
-    with a known bug in these cells (strict xfail, with the reason)."""
-    out = []
-    for key, cls in sorted(PRUNERS.items()):
-        for granularity in cls.granularities:
-            for i, variant in enumerate(variants or (None,)):
-                fast = granularity == default_granularity(cls) and i == 0
-                marks = [] if fast else [pytest.mark.slow]
-                if known and key in known:
-                    marks.append(pytest.mark.xfail(strict=True, reason=known[key]))
-                args = (key, granularity) if variant is None else (key, granularity, variant)
-                name = "-".join(a for a in args if a)
-                out.append(pytest.param(*args, marks=marks, id=name))
-    return out
-
-
-class Timeline(pl.Callback):
-    """The pruner's event counter at every optimizer step, read right after the pruner decided (list it after
-    `SparsityCallback`): `event_steps()` are the optimizer steps at which events happened."""
-
-    def __init__(self, cb: SparsityCallback) -> None:
-        self.cb, self.rows = cb, []
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.rows.append((trainer.global_step, self.cb.pruner.events))
-
-    def event_steps(self) -> list[int]:
-        out, seen = [], 0
-        for step, events in self.rows:
-            out += [step] * (events - seen)
-            seen = events
-        return out
 
 
 def scheduled_event_steps(pruner, steps: int) -> list[int]:
@@ -98,16 +50,7 @@ def scheduled_event_steps(pruner, steps: int) -> list[int]:
 
 def train(module: pl.LightningModule, before: list, cb: SparsityCallback, after: list, data=None, **kw):
     """Fit with `before` listed before the sparsity callback and `after` after it; returns the trainer."""
-    trainer = pl.Trainer(
-        max_epochs=kw.pop("max_epochs", 3),
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[*before, cb, *after],
-        **kw,
-    )
+    trainer = quiet_trainer(max_epochs=kw.pop("max_epochs", 3), callbacks=[*before, cb, *after], **kw)
     trainer.fit(module, train_dataloaders=data if data is not None else loader())
     return trainer
 

@@ -6,7 +6,6 @@ import struct
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import sparsetrain.data.fashion_mnist as fm
@@ -100,22 +99,15 @@ def test_device_loader_shards_ranks_like_distributed_sampler():
     assert len(shards[0]) == len(shards[1]) == 9 and not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
-def test_on_device_loader_in_a_real_fit():
+def test_on_device_loader_in_a_real_fit(trainer):
     dm = FakeDataModule(
         num_samples=80, num_test=16, in_chans=1, image_size=4, num_classes=4, batch_size=8, on_device=True
     )
     module = ClassificationModule(MLP(d_in=16), 4, {"name": "sgd", "lr": 0.1})
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=dm)
-    assert trainer.estimated_stepping_batches == len(dm.train_dataloader()) == 72 // 8
-    assert trainer.global_step == 9
+    fitted = trainer(max_epochs=1)
+    fitted.fit(module, datamodule=dm)
+    assert fitted.estimated_stepping_batches == len(dm.train_dataloader()) == 72 // 8
+    assert fitted.global_step == 9
 
 
 def _write_cifar(root, hundred: bool):

@@ -23,7 +23,7 @@ from sparsetrain.pruners import Magnitude
 from sparsetrain.restore import finalized_network, load_run_config
 from sparsetrain.semi_structured import Target, decide
 from sparsetrain.slim import slim
-from tests.conftest import CONF_DIR, FAST
+from tests.helpers.config import CONF_DIR, FAST
 from tests.helpers.nets import MLP, ResNetTiny, batches, train_plain
 
 X_TINY = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))

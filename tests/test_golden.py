@@ -19,8 +19,8 @@ import torch
 from pytorch_lightning.loggers import Logger
 
 from sparsetrain import SparsityCallback
-from tests.test_conformance import PRUNERS, make
-from tests.test_device_moves import Net, loader
+from tests.helpers.matrix import PRUNERS, make
+from tests.helpers.nets import Net, loader
 
 RECORD = Path(__file__).parent / "golden" / "runs.json"
 UPDATE = bool(os.environ.get("SPARSETRAIN_UPDATE_GOLDEN"))

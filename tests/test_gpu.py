@@ -11,25 +11,18 @@ import torch
 
 from sparsetrain import SparsityCallback
 from sparsetrain.masking import find_mask_buffers
-from tests.helpers.nets import ResNetTiny, batches
-from tests.test_device_moves import (
-    Net,
-    StopAfterFirstEpoch,
-    ZeroAfterStep,
-    assert_target_reached,
-    fit,
-    fit_with_checkpoints,
-    live,
-    make_pruner,
-    matrix,
-)
+from tests.helpers.callbacks import StopAfterFirstEpoch, ZeroAfterStep
+from tests.helpers.checks import assert_target_reached, live
+from tests.helpers.fits import fit, fit_with_checkpoints
+from tests.helpers.matrix import SLIMMING, make, matrix
+from tests.helpers.nets import Net, ResNetTiny, batches
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize(("key", "granularity"), matrix())
+@pytest.mark.parametrize(("key", "granularity"), matrix(exclude=SLIMMING))
 def test_fit_on_cuda_finalizes_after_teardown_moved_the_module_to_the_cpu(key, granularity):
-    pruner = make_pruner(key, granularity)
+    pruner = make(key, granularity)
     cb = SparsityCallback(pruner)
     module = fit(cb, accelerator="cuda")
     assert next(module.parameters()).device.type == "cpu"  # Lightning's teardown moved it back
@@ -41,10 +34,10 @@ def test_fit_on_cuda_finalizes_after_teardown_moved_the_module_to_the_cpu(key, g
     assert zeros / total == pytest.approx(cb.summary["sparsity"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("key", "granularity"), matrix())
+@pytest.mark.parametrize(("key", "granularity"), matrix(exclude=SLIMMING))
 @pytest.mark.parametrize("layout", ["bf16-mixed", "channels_last"])
 def test_bf16_mixed_and_channels_last_on_cuda(key, granularity, layout):
-    pruner = make_pruner(key, granularity)
+    pruner = make(key, granularity)
     module = Net()
     kw = {"precision": "bf16-mixed"} if layout == "bf16-mixed" else {}
     if layout == "channels_last":
@@ -58,9 +51,9 @@ def test_bf16_mixed_and_channels_last_on_cuda(key, granularity, layout):
 
 @pytest.mark.parametrize("key", ["gmp", "granet", "pdp"])
 def test_resume_on_cuda_equals_the_uninterrupted_run(key, tmp_path):
-    full = fit_with_checkpoints(make_pruner(key, "unstructured"), tmp_path / "full", accelerator="cuda")
-    fit_with_checkpoints(make_pruner(key, "unstructured"), tmp_path / "k", StopAfterFirstEpoch(), accelerator="cuda")
-    pruner = make_pruner(key, "unstructured")
+    full = fit_with_checkpoints(make(key, "unstructured"), tmp_path / "full", accelerator="cuda")
+    fit_with_checkpoints(make(key, "unstructured"), tmp_path / "k", StopAfterFirstEpoch(), accelerator="cuda")
+    pruner = make(key, "unstructured")
     resumed = fit_with_checkpoints(pruner, tmp_path / "r", ckpt_path=tmp_path / "k" / "last.ckpt", accelerator="cuda")
     for fqn in pruner.mask_dict():
         (w, m), (fw, fm) = live(resumed, fqn), live(full, fqn)
@@ -71,7 +64,7 @@ def test_resume_on_cuda_equals_the_uninterrupted_run(key, tmp_path):
 def test_two_pruners_in_sequence_in_one_process():
     """A second fit with another pruner must not see the first one's hooks, buffers or cached tensors."""
     for key in ("gmp", "pdp", "granet"):
-        cb = SparsityCallback(make_pruner(key, "unstructured"))
+        cb = SparsityCallback(make(key, "unstructured"))
         module = fit(cb, accelerator="cuda")
         assert find_mask_buffers(module.net) == []
         assert cb.summary["sparsity"] == pytest.approx(0.5, abs=0.02)
@@ -81,7 +74,7 @@ def test_two_pruners_in_sequence_in_one_process():
 def test_no_host_device_sync_on_the_per_step_path(key):
     """Between update events a step must not wait for the GPU (`set_sync_debug_mode("error")` raises if it does)."""
     model = ResNetTiny().cuda()
-    pruner = make_pruner(key, "unstructured")
+    pruner = make(key, "unstructured")
     if key == "pdp":
         pruner.threshold_every = 10
     steps = 40

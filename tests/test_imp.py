@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsetrain import SparsityCallback
 from sparsetrain.pruners import IMP
-from tests.helpers.nets import MLP, batches
+from tests.helpers.nets import MLP, Net, batches, loader
 
 ROUND = 10  # optimizer steps of the first round (the configured budget)
 K = 3  # rewind_step
@@ -178,8 +178,6 @@ class Scheduled(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        from tests.test_device_moves import Net
-
         self.net = Net().net
 
     def forward(self, x):
@@ -196,24 +194,15 @@ class Scheduled(pl.LightningModule):
 
 
 @pytest.mark.parametrize("rewinding", ["weights", "lr"])
-def test_the_callback_rewinds_weights_bn_statistics_optimizer_and_its_lr_scheduler(rewinding):
-    from tests.test_device_moves import loader
-
+def test_the_callback_rewinds_weights_bn_statistics_optimizer_and_its_lr_scheduler(rewinding, trainer):
     torch.manual_seed(0)
     rewind, per_round = 2, 12  # 3 epochs of 4 batches, then 2 rounds of 10 steps
     recorder = Recorder()
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[SparsityCallback(IMP(sparsity=0.75, rounds=2, rewind_step=rewind, rewinding=rewinding)), recorder],
-    )
-    trainer.fit(Scheduled(), train_dataloaders=loader())
+    pruner = IMP(sparsity=0.75, rounds=2, rewind_step=rewind, rewinding=rewinding)
+    fitted = trainer(max_epochs=3, callbacks=[SparsityCallback(pruner), recorder])
+    fitted.fit(Scheduled(), train_dataloaders=loader())
     start = recorder.start
-    assert trainer.global_step == per_round + 2 * (per_round - rewind) == len(start)
+    assert fitted.global_step == per_round + 2 * (per_round - rewind) == len(start)
     k = start[rewind]
     for end in (per_round, 2 * per_round - rewind):
         now = start[end]

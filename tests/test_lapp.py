@@ -18,8 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from sparsetrain import SparsityCallback
 from sparsetrain.pruners import list_pruners
 from sparsetrain.pruners.lapp_bypass import Bypassed, add_bypasses, fold_bypasses, foldable
+from tests.helpers.callbacks import StopAfterFirstEpoch
+from tests.helpers.fits import fit, fit_with_checkpoints
 from tests.helpers.nets import ResNetTiny, batches
-from tests.test_device_moves import StopAfterFirstEpoch, fit, fit_with_checkpoints
 
 LAPP = list_pruners()["lapp"]
 X = torch.zeros(1, 3, 8, 8)
@@ -350,10 +351,28 @@ def test_thresholds_budget_and_flops_are_logged_until_slimming_and_the_final_rat
 
 
 def test_min_keep_is_a_density_floor_of_every_group_through_the_projection():
-    net, pruner, optimizer = attached(max_flops_ratio=0.05, min_keep=0.25)
+    net, pruner, optimizer = attached(max_flops_ratio=0.4, min_keep=0.25)
     with torch.no_grad():
         pruner.theta.fill_(100.0)  # above every score
     assert all(int(k.sum()) == math.ceil(0.25 * len(k)) for k in pruner.hard_keeps())
-    with pytest.warns(UserWarning, match="above the budget"):
-        keeps = pruner.project(pruner.hard_keeps())  # the budget (5 %) is below the floor: the floor wins
-    assert all(int(k.sum()) == math.ceil(0.25 * len(k)) for k in keeps)
+    keeps = pruner.project(pruner.hard_keeps())  # under the budget: the projection restores channels, never below
+    assert all(int(k.sum()) >= math.ceil(0.25 * len(k)) for k in keeps)
+    with torch.no_grad():
+        pruner.theta.fill_(-100.0)  # below every score: the projection drops channels down to the floor at most
+    keeps = pruner.project(pruner.hard_keeps())
+    assert all(int(k.sum()) >= math.ceil(0.25 * len(k)) for k in keeps)
+    assert pruner.flops_ratio([k.float() for k in keeps]) <= 0.4 + 1e-9
+
+
+def test_a_floor_above_the_budget_is_lowered_until_the_budget_fits():
+    """The FLOPs budget is the constraint, the floor a preference: a floor that alone would exceed the budget is
+    lowered (with a warning) to the highest one that fits, and the slimmed network still meets the budget."""
+    with pytest.warns(UserWarning, match=r"min_keep=0.5 keeps 0\.\d+ of the dense FLOPs, above max_flops_ratio=0.3"):
+        net, pruner, optimizer = attached(max_flops_ratio=0.3, min_keep=0.5)
+    floors = [f / size for f, size in zip(pruner._floors, pruner._sizes, strict=True)]
+    assert 0.2 < max(floors) < 0.5
+    assert pruner.flops_ratio([torch.tensor(f) * torch.ones(1) for f in floors]) <= 0.3 + 1e-9
+    with torch.no_grad():
+        pruner.theta.fill_(-100.0)
+    keeps = pruner.project(pruner.hard_keeps())
+    assert pruner.flops_ratio([k.float() for k in keeps]) <= 0.3 + 1e-9

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sparsetrain.app import run
-from tests.conftest import FAST
+from tests.helpers.config import FAST
 from tests.helpers.runs import assert_same_export
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,10 @@ import pytorch_lightning as pl
 
 from sparsetrain import SparsityCallback
 from sparsetrain.pruners import SET, GraNet, list_pruners
-from tests.test_ddp import fit_on_two_ranks
-from tests.test_device_moves import CASES, StopAfterFirstEpoch, ZeroAfterStep, fit_with_checkpoints
+from tests.helpers.callbacks import StopAfterFirstEpoch, ZeroAfterStep
+from tests.helpers.ddp import fit_on_two_ranks
+from tests.helpers.fits import fit_with_checkpoints
+from tests.helpers.matrix import BUDGETS
 
 
 class Steps(pl.Callback):
@@ -33,14 +35,14 @@ class Steps(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
-PRUNERS = {k: v for k, v in CASES.items() if k != "bip"}  # the device matrix's budgets
+RESUMED = {k: v for k, v in BUDGETS.items() if k != "bip"}  # the matrix's budgets
 
 
-@pytest.mark.parametrize("key", sorted(PRUNERS))
+@pytest.mark.parametrize("key", sorted(RESUMED))
 def test_masked_weights_stay_zero_after_every_optimizer_step_of_a_resumed_run(key, tmp_path):
     """Seen after each step of the resumed fit, before the pruner re-masks: the restored optimizer state must
     not carry momentum into masked positions, and the restored masks must gate the gradients."""
-    make = lambda: list_pruners()[key](sparsity=0.5, **PRUNERS[key])  # noqa: E731
+    make = lambda: list_pruners()[key](sparsity=0.5, **RESUMED[key])  # noqa: E731
     fit_with_checkpoints(make(), tmp_path / "killed", StopAfterFirstEpoch())
     pruner = make()
     checker, steps = ZeroAfterStep(types.SimpleNamespace(pruner=pruner)), Steps()

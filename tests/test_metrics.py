@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsetrain import SparsityCallback
 from sparsetrain.pruners import GMP, SET, RigL
-from tests.test_device_moves import Net, loader
+from tests.helpers.fits import quiet_trainer
+from tests.helpers.nets import Net, loader
 
 
 class Captured(Logger):
@@ -63,15 +64,7 @@ def fit(cb: SparsityCallback, before=(), after=(), logger: Logger | None = None)
     """3 epochs of 4 batches; `before`/`after` are listed before/after the sparsity callback."""
     torch.manual_seed(0)
     module = Net()
-    trainer = pl.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=logger or False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[*before, cb, *after],
-    )
+    trainer = quiet_trainer(max_epochs=3, logger=logger or False, callbacks=[*before, cb, *after])
     trainer.fit(module, train_dataloaders=loader())
     return module
 

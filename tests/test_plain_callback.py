@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F  # noqa: N812
 import torchvision
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
@@ -30,8 +29,10 @@ from sparsetrain import SparsityCallback
 from sparsetrain.granularity import nm_group_view
 from sparsetrain.masking import find_mask_buffers
 from sparsetrain.pruners import PDP, list_pruners
-from tests.helpers.nets import NestedSeqNet, ResNetTiny, batches, seq_net, train_plain
-from tests.test_device_moves import CASES, GRANULARITIES, loader
+from tests.helpers.callbacks import StopAfterFirstEpoch
+from tests.helpers.fits import quiet_trainer
+from tests.helpers.matrix import BUDGETS, DEFAULT_BUDGET, GRANULARITIES, matrix
+from tests.helpers.nets import NestedSeqNet, ResNetTiny, UserModule, batches, loader, seq_net, train_plain
 
 # name -> (builds the user's network, input side in pixels)
 SHAPES: dict[str, tuple[Callable[[], nn.Module], int]] = {
@@ -41,7 +42,7 @@ SHAPES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "torchvision": (lambda: torchvision.models.resnet18(num_classes=4), 32),  # weights=None: no download
 }
 # 4 batches per epoch: `max_steps=6` ends inside the second epoch; no budget names the other key
-BUDGETS = {"steps": {"max_steps": 6}, "epochs": {"max_epochs": 2}}
+TRAINER_BUDGETS = {"steps": {"max_steps": 6}, "epochs": {"max_epochs": 2}}
 # Unmarked: every method x granularity on a flat Sequential under `max_steps` only (the Sequential crash and the
 # missing example input this file was written for), on nested Sequentials and on the attribute-style module
 # under `max_epochs`, plus ResNet-18 under `max_steps` for the two methods that reparametrize the network at
@@ -49,21 +50,6 @@ BUDGETS = {"steps": {"max_steps": 6}, "epochs": {"max_epochs": 2}}
 # 0.1-0.5 s per tiny cell, 3-20 s per ResNet-18 cell on 2 CPU cores.
 FAST_SHAPES = {("steps", "sequential"), ("epochs", "nested"), ("epochs", "module")}
 FAST_TORCHVISION = {("steps", "pdp", "channel"), ("steps", "lapp", "channel")}
-
-
-class UserModule(pl.LightningModule):
-    """What a user writes: a network attribute, a training step, an optimizer. No `example_input_array`."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.backbone(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 def images(side: int) -> DataLoader:
@@ -76,22 +62,20 @@ def images(side: int) -> DataLoader:
 
 
 def pruner_kwargs(key: str, granularity: str) -> dict:
+    """The matrix's budget and granularity (LAPP: its defaults with `DEFAULT_BUDGET`), less a key it ignores."""
     cls = list_pruners()[key]
-    kw = {**CASES.get(key, {"update_every": 2}), **GRANULARITIES[granularity], "granularity": granularity}
+    kw = {**BUDGETS.get(key, DEFAULT_BUDGET), **GRANULARITIES[granularity], "granularity": granularity}
     if "sparsity" in cls.unused_keys:
         kw.pop("sparsity", None)
     return kw
 
 
-def method_cells() -> list[tuple[str, str]]:
-    return [(k, g) for k, cls in sorted(list_pruners().items()) for g in cls.granularities]
-
-
-def matrix() -> list:
+def plain_cells() -> list:
+    """Trainer budget × network shape × the method matrix's (key, granularity), with this file's slow split."""
     out = []
-    for budget in BUDGETS:
+    for budget in TRAINER_BUDGETS:
         for shape in SHAPES:
-            for key, granularity in method_cells():
+            for key, granularity in matrix():
                 fast = (budget, shape) in FAST_SHAPES or (
                     shape == "torchvision" and (budget, key, granularity) in FAST_TORCHVISION
                 )
@@ -126,8 +110,8 @@ def measured_flops(net: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize(("budget", "shape", "key", "granularity"), matrix())
-def test_every_method_and_granularity_through_the_plain_callback(budget, shape, key, granularity):
+@pytest.mark.parametrize(("budget", "shape", "key", "granularity"), plain_cells())
+def test_every_method_and_granularity_through_the_plain_callback(budget, shape, key, granularity, trainer):
     build, side = SHAPES[shape]
     torch.manual_seed(0)
     plain = build()
@@ -146,19 +130,11 @@ def test_every_method_and_granularity_through_the_plain_callback(budget, shape, 
     pruner.finalize = finalize_and_keep_the_masks
     cb = SparsityCallback(pruner)
     foreign = ForeignModules(plain)
-    trainer = pl.Trainer(
-        **BUDGETS[budget],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[foreign, cb],
-    )
-    trainer.fit(module, train_dataloaders=images(side))
+    fitted = trainer(**TRAINER_BUDGETS[budget], callbacks=[foreign, cb])
+    fitted.fit(module, train_dataloaders=images(side))
 
-    budget_steps = BUDGETS[budget].get("max_steps") or 4 * BUDGETS[budget]["max_epochs"]
-    assert trainer.global_step == pruner.fit_steps(budget_steps)  # IMP: every round
+    budget_steps = TRAINER_BUDGETS[budget].get("max_steps") or 4 * TRAINER_BUDGETS[budget]["max_epochs"]
+    assert fitted.global_step == pruner.fit_steps(budget_steps)  # IMP: every round
     assert foreign.found == {}, f"modules without a forward inside the user's network: {foreign.found}"
     net = module.backbone
     x = torch.randn(2, 3, side, side)
@@ -206,21 +182,14 @@ def test_every_method_and_granularity_through_the_plain_callback(budget, shape, 
         assert dead >= 0.25 * sum(m.shape[0] for m in targets.values())
 
 
-def test_an_example_input_can_be_given():
+def test_an_example_input_can_be_given(trainer):
     x = torch.zeros(1, 3, 8, 8)
     cb = SparsityCallback(list_pruners()["gmp"](sparsity=0.5, granularity="channel", update_every=2), example_input=x)
-    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
-    trainer.fit(UserModule(ResNetTiny(in_chans=3, width=8)), train_dataloaders=loader())
+    trainer(max_steps=4, callbacks=[cb]).fit(UserModule(ResNetTiny(in_chans=3, width=8)), train_dataloaders=loader())
     assert cb._example is not None and cb._example.shape == x.shape
 
 
 # ------------------------------------------------------------------------------------------- PDP's channel state
-class StopAfterFirstEpoch(pl.Callback):
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.should_stop = True
-
-
 def channel_pdp() -> PDP:
     # thresholds refreshed at steps 1, 3, 5, ...: a run killed after step 3 trains step 4 on the checkpoint's
     return PDP(sparsity=0.5, granularity="channel", warmup=0.1, end=0.5, finetune=0.2, threshold_every=2)
@@ -229,13 +198,10 @@ def channel_pdp() -> PDP:
 def fit_sequential(pruner: PDP, ckpt_dir: Path, *callbacks: pl.Callback, ckpt_path: Path | None = None) -> nn.Module:
     torch.manual_seed(0)
     module = UserModule(seq_net())
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
-        accelerator="cpu",
-        logger=False,
         deterministic=True,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[*callbacks, ModelCheckpoint(dirpath=ckpt_dir, save_last=True), SparsityCallback(pruner)],
     )
     trainer.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)

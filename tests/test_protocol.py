@@ -15,8 +15,9 @@ import torch.nn.functional as F  # noqa: N812
 from sparsetrain import SparsityCallback
 from sparsetrain.pruner_keys import registry
 from sparsetrain.pruners import Pruner, list_pruners
-from tests.conftest import CONF_DIR
-from tests.test_device_moves import Net, fit
+from tests.helpers.config import CONF_DIR, FAST
+from tests.helpers.fits import fit
+from tests.helpers.nets import Net
 
 TOY = '''
 """A toy method: random masks at every event (the whole method is this file)."""
@@ -49,7 +50,6 @@ def test_a_new_method_is_one_file_plus_one_yaml(tmp_path, monkeypatch):
     from hydra.core.global_hydra import GlobalHydra
 
     from sparsetrain.app import run
-    from tests.conftest import FAST
 
     (tmp_path / "toy_method.py").write_text(textwrap.dedent(TOY))
     (tmp_path / "conf" / "pruner").mkdir(parents=True)

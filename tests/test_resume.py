@@ -121,21 +121,20 @@ def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(compose, 
         run(other)
 
 
-def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_path):
+def test_the_plain_callback_refuses_a_checkpoint_of_other_pruner_settings(tmp_path, trainer):
     """Users of `SparsityCallback` in their own Trainer get the same check (the pruner's settings are in its
     state); `allow_changed` accepts a named key."""
     from sparsetrain import GMP, SparsityCallback
-    from tests.helpers.nets import ResNetTiny
-    from tests.test_device_moves import loader
-    from tests.test_plain_callback import UserModule
+    from tests.helpers.nets import ResNetTiny, UserModule, loader
 
     def fit(sparsity: float, ckpt: str | None = None, allow: tuple[str, ...] = ()) -> pl.Trainer:
         cb = SparsityCallback(GMP(sparsity=sparsity, update_every=2), allow_changed=allow)
-        trainer = pl.Trainer(max_epochs=2 if ckpt else 1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                             enable_model_summary=False, default_root_dir=str(tmp_path), callbacks=[cb])  # fmt: skip
+        fitted = trainer(
+            max_epochs=2 if ckpt else 1, enable_checkpointing=True, default_root_dir=str(tmp_path), callbacks=[cb]
+        )
         torch.manual_seed(0)
-        trainer.fit(UserModule(ResNetTiny(in_chans=3, width=8)), train_dataloaders=loader(), ckpt_path=ckpt)
-        return trainer
+        fitted.fit(UserModule(ResNetTiny(in_chans=3, width=8)), train_dataloaders=loader(), ckpt_path=ckpt)
+        return fitted
 
     first = fit(0.9)
     ckpt = first.checkpoint_callback.best_model_path
@@ -149,7 +148,7 @@ def test_bad_ckpt_paths_are_one_line_exit_2_and_leave_no_run_directory(compose, 
     import subprocess
     import sys
 
-    from tests.conftest import FAST
+    from tests.helpers.config import FAST
 
     first = compose("+pruner=gmp", "trainer.max_epochs=1", "test=false")
     run(first)

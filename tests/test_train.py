@@ -277,9 +277,9 @@ def test_a_layer_pruned_to_density_zero_is_warned_about(compose):
 
 
 def test_dense_reference_only_for_the_same_budget_and_recipe(compose):
-    from sparsetrain.app import DENSE_REFERENCE, dense_reference
+    from sparsetrain.dense_reference import REFERENCES, dense_reference
 
-    expected = json.loads(DENSE_REFERENCE.read_text())["resnet20/fashion_mnist/3ep/b128/sgd-lr0.1"]
+    expected = json.loads(REFERENCES.read_text())["resnet20/fashion_mnist/3ep/b128/sgd-lr0.1"]
     assert dense_reference(compose(fast=False), "fashion_mnist") == expected  # make train's recipe
     for overrides, extended in [
         (["data.batch_size=64"], False),
@@ -290,3 +290,16 @@ def test_dense_reference_only_for_the_same_budget_and_recipe(compose):
         ([], True),  # a pruner that trains several rounds (IMP): several times the budget
     ]:
         assert dense_reference(compose(*overrides, fast=False), "fashion_mnist", extended) is None, overrides
+
+
+def test_the_dense_references_ship_with_the_package_and_the_library_reads_nothing_from_experiments():
+    import re
+
+    import sparsetrain
+    from sparsetrain.dense_reference import REFERENCES
+
+    package = Path(sparsetrain.__file__).parent
+    assert REFERENCES.parent == package and REFERENCES.is_file()
+    assert '"dense_references.json"' in (package.parent / "pyproject.toml").read_text()  # declared package data
+    uses_experiments = re.compile(r"^\s*(from|import) experiments\b|[\"']experiments[\"'/]", re.MULTILINE)
+    assert [p.name for p in package.rglob("*.py") if uses_experiments.search(p.read_text())] == []

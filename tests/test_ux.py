@@ -406,13 +406,14 @@ def test_a_regrowth_method_refuses_channel_granularity_before_any_allocation_adv
     from sparsetrain.pruners import SET, GraNet, RigL
 
     for cls in (RigL, SET, GraNet):
-        with pytest.raises(ValueError, match="prunes and regrows single weights; granularity=channel") as info:
+        match = r"prunes single weights or N:M groups only: granularity=channel is not defined for it .*methods for "
+        with pytest.raises(ValueError, match=match + r"channel: bip, gmp, imp, lapp, magnitude, pdp\)") as info:
             cls(sparsity=0.9, granularity="channel")
         assert "allocation" not in str(info.value)
     with pytest.raises(Exception) as info:  # noqa: PT011 - train.py prints `one_line_error` of whatever is raised
         check_command_line(["train.py", "+pruner=rigl", "pruner.granularity=channel", "data=fake"], CONF_DIR)
     line = one_line_error(info.value, CONF_DIR)
-    assert line.startswith("RigL prunes and regrows single weights") and "\n" not in line
+    assert line.startswith("RigL prunes single weights or N:M groups only") and "\n" not in line
 
 
 def test_init_from_logs_what_it_loaded(compose, caplog, tmp_path):
@@ -441,7 +442,7 @@ def test_init_from_logs_what_it_loaded(compose, caplog, tmp_path):
 
 
 def test_the_nm_left_dense_warning_is_short():
-    from sparsetrain.strategies import left_dense_text
+    from sparsetrain.granularity import left_dense_text
 
     skipped = {f"blocks.{i}.0.conv_dw": "input dim not divisible by 4" for i in range(11)}
     text = left_dense_text(skipped, "nm")

@@ -47,14 +47,31 @@ from experiments.common import machine, markdown_table, write_json
 from sparsetrain.callback import SparsityCallback
 from sparsetrain.models import build_model
 from sparsetrain.module import ClassificationModule
-from sparsetrain.pruners import GMP, LAPP, PDP, BiP, GraNet, Magnitude, Pruner
+from sparsetrain.pruners import Pruner, list_pruners
 from sparsetrain.targets import select_targets
 
 SPARSITY = 0.9
 NUM_CLASSES = 10
-VARIANTS = ("dense", "hooks", "magnitude", "gmp", "granet", "pdp", "bip", "lapp", "lapp_slim")
-SPARSETRAIN_VARIANTS = ("magnitude", "gmp", "granet", "pdp", "bip", "lapp", "lapp_slim")
 LAPP_FLOPS = 0.5  # LAPP's budget in both of its variants (the pruning phase, and the slimmed network)
+# The sparsetrain variants: registry key (`sparsetrain.pruners.list_pruners()`, = `conf/pruner/<key>.yaml`) and
+# keywords; any other keyword is the class's default. END and EVERY are filled per run with the last pruning event
+# (a fraction of all steps) and `--update-every`, so every event falls on that grid from step 0 (inside the
+# warm-up: the measured steps run with the masks in place). GMP and GraNet prune (GraNet also regrows) up to END;
+# PDP refreshes its thresholds every EVERY steps and stays soft for the whole fit; BiP is bi-level from step 0 to
+# the end (a score step and a projection every step). LAPP at half the dense FLOPs: `lapp` stays in its pruning
+# phase (bypasses, straight-through masks, the FLOPs term, a threshold step every step), `lapp_slim` is slimmed
+# before the first step (every measured step runs the smaller network).
+END, EVERY = "<end>", "<every>"
+PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "magnitude": ("magnitude", {"sparsity": SPARSITY, "begin": 0.0}),
+    "gmp": ("gmp", {"sparsity": SPARSITY, "begin": 0.0, "end": END, "update_every": EVERY}),
+    "granet": ("granet", {"sparsity": SPARSITY, "begin": 0.0, "end": END, "regrow_end": END, "update_every": EVERY}),
+    "pdp": ("pdp", {"sparsity": SPARSITY, "warmup": 0.0, "end": END, "finetune": 0.0, "threshold_every": EVERY}),
+    "bip": ("bip", {"sparsity": SPARSITY, "warmup": 0.0, "finetune": 0.0}),
+    "lapp": ("lapp", {"max_flops_ratio": LAPP_FLOPS, "begin": 0.0, "end": 1.0, "update_every": EVERY}),
+    "lapp_slim": ("lapp", {"max_flops_ratio": LAPP_FLOPS, "begin": 0.0, "end": 0.0, "update_every": EVERY}),
+}
+VARIANTS = ("dense", "hooks", *PRUNERS)
 # Issue 11's targets (× dense): hard masks on the GPU at batch 128/512, and the CPU proxy at batch 8; BiP's
 # (issue 14) is 2× on both (a score step and a top-k projection every step).
 TARGETS = {
@@ -122,31 +139,10 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------- variants
 def make_pruner(variant: str, cfg: Config) -> Pruner:
-    """The sparsetrain pruner of a variant, scheduled so its events fall every `update_every` steps from 0.
-
-    Pruning begins at step 0 (inside the warm-up), so the measured steps run with the masks already in
-    place; GMP and GraNet keep pruning (GraNet also regrowing) up to `end_step`, and PDP refreshes its
-    thresholds every `update_every` steps and stays in its soft phase for the whole fit (`finetune=0`). BiP is
-    bi-level from step 0 to the end (`warmup=0`, `finetune=0`): a score step and a projection every step.
-    LAPP at half the dense FLOPs: `lapp` stays in its pruning phase (bypasses, straight-through masks, the FLOPs
-    term and a threshold step every step), `lapp_slim` is slimmed before the first step (the network after `end`).
-    """
-    end, every = cfg.end_fraction, cfg.update_every
-    if variant == "magnitude":
-        return Magnitude(sparsity=SPARSITY, begin=0.0)
-    if variant == "gmp":
-        return GMP(sparsity=SPARSITY, begin=0.0, end=end, update_every=every)
-    if variant == "granet":
-        return GraNet(sparsity=SPARSITY, begin=0.0, end=end, regrow_end=end, update_every=every)
-    if variant == "pdp":
-        return PDP(sparsity=SPARSITY, warmup=0.0, end=end, finetune=0.0, threshold_every=every)
-    if variant == "bip":
-        return BiP(sparsity=SPARSITY, warmup=0.0, finetune=0.0)
-    if variant == "lapp":  # the pruning phase throughout: thresholds learn every step, slimmed after the fit
-        return LAPP(max_flops_ratio=LAPP_FLOPS, begin=0.0, end=1.0, update_every=every)
-    if variant == "lapp_slim":  # slimmed before the first step: every measured step runs the smaller network
-        return LAPP(max_flops_ratio=LAPP_FLOPS, begin=0.0, end=0.0, update_every=every)
-    raise ValueError(f"{variant!r} is not a sparsetrain variant")
+    """The sparsetrain pruner of a variant: its registry class with its `PRUNERS` keywords, END and EVERY filled."""
+    key, keywords = PRUNERS[variant]
+    run = {END: cfg.end_fraction, EVERY: cfg.update_every}
+    return list_pruners()[key](**{k: run.get(v, v) if isinstance(v, str) else v for k, v in keywords.items()})
 
 
 class PruneAtTrainStart(ModelPruning):
@@ -173,18 +169,14 @@ class PruneAtTrainStart(ModelPruning):
         self.apply_pruning(self.amount)
 
 
-def variant_callbacks(variant: str, cfg: Config, net: torch.nn.Module) -> list[pl.Callback]:
-    """The callback a user adds for this variant (none for dense); the same layers are pruned in every one."""
+def variant_callbacks(variant: str, cfg: Config, net: torch.nn.Module) -> tuple[list[pl.Callback], Pruner | None]:
+    """The callbacks a user adds for this variant (none for dense) and its pruner; the same layers in every one."""
     if variant == "dense":
-        return []
+        return [], None
     if variant == "hooks":
-        return [PruneAtTrainStart([(m, "weight") for m in select_targets(net).values()])]
-    return [SparsityCallback(make_pruner(variant, cfg))]
-
-
-def pruner_of(callbacks: list[pl.Callback]) -> Pruner | None:
-    """The sparsetrain pruner among a variant's callbacks, if any."""
-    return next((c.pruner for c in callbacks if isinstance(c, SparsityCallback)), None)
+        return [PruneAtTrainStart([(m, "weight") for m in select_targets(net).values()])], None
+    pruner = make_pruner(variant, cfg)
+    return [SparsityCallback(pruner)], pruner
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -336,9 +328,9 @@ def run_fit(variant: str, cfg: Config) -> dict[str, Any]:
     module = ClassificationModule(
         net, NUM_CLASSES, optim=OPTIM, example_input_shape=(spec.in_chans, spec.image_size, spec.image_size)
     )
-    timer = StepTimer(cfg, sync_debug=cfg.sync_debug and variant in SPARSETRAIN_VARIANTS)
-    callbacks = variant_callbacks(variant, cfg, net)
-    probe = WindowProbe(cfg, pruner_of(callbacks))
+    timer = StepTimer(cfg, sync_debug=cfg.sync_debug and variant in PRUNERS)
+    callbacks, pruner = variant_callbacks(variant, cfg, net)
+    probe = WindowProbe(cfg, pruner)
     trainer = make_trainer(cfg, [timer, *callbacks, probe])
     trainer.fit(module, train_dataloaders=DeviceBatches(cfg, spec))
     return {**fit_figures(cfg, timer.steps, timer.seconds), "state_at_end": probe.state}
@@ -457,22 +449,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path]:
         parser.error("--sync-debug needs --device cuda")
     if min(args.batch, args.steps, args.rounds, args.update_every) < 1 or args.warmup_steps < 0:
         parser.error("--batch, --steps, --rounds and --update-every must be >= 1, --warmup-steps >= 0")
-    ordered = tuple(v for v in VARIANTS if v == "dense" or v in variants)
-    cfg = Config(
-        model=args.model,
-        batch=args.batch,
-        steps=args.steps,
-        warmup_steps=args.warmup_steps,
-        rounds=args.rounds,
-        device=args.device,
-        precision=args.precision,
-        variants=ordered,
-        update_every=args.update_every,
-        threads=args.threads,
-        sync_debug=args.sync_debug,
-        seed=args.seed,
-    )
-    out = args.out or Path(__file__).parent / f"lightning_{cfg.model}_b{cfg.batch}_{cfg.device}.json"
+    options = vars(args)
+    out = options.pop("out")
+    cfg = Config(**{**options, "variants": tuple(v for v in VARIANTS if v == "dense" or v in variants)})
+    out = out or Path(__file__).parent / f"lightning_{cfg.model}_b{cfg.batch}_{cfg.device}.json"
     return cfg, out
 
 

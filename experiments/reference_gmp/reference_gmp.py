@@ -273,7 +273,8 @@ def compose(overrides: list[str]):
 
 def make_trainer(parts: dict[str, Any], callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
     """The Trainer `train.py` builds from `cfg.trainer`, with `callbacks`, the run's loggers, no checkpoints."""
-    from sparsetrain.app import build_loggers, short_budget
+    from sparsetrain.app import short_budget
+    from sparsetrain.loggers import build_loggers
 
     cfg = parts["cfg"]
     run_dir.mkdir(parents=True, exist_ok=True)

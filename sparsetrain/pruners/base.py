@@ -10,7 +10,7 @@
 
 A method is one file: a `Pruner` subclass with `@register_pruner("key")`, overriding what it needs (trainable
 parameters of its own come from `extra_parameters()` and are stepped by the method). Granularity is a
-strategy (`sparsetrain.strategies`) every method calls through `prune_to`.
+strategy (`sparsetrain.granularity`) every method calls through `prune_to`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsetrain.granularity import make_granularity
 from sparsetrain.masking import MaskSet
 from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, list_pruners, register_pruner, shared_key_doc
 from sparsetrain.schedules import SparsitySchedule, to_step
-from sparsetrain.strategies import make_granularity
 from sparsetrain.targets import select_targets
 
 STATE_VERSION = 1
@@ -244,6 +244,11 @@ class Pruner(ConfiguredPruner):
     def global_sparsity(self) -> float:
         """Fraction of inactive targeted weights, from the masks."""
         return 1.0 - self.masks.density(*self.weights)
+
+    def granularity_metrics(self) -> dict[str, float]:
+        """What the granularity reports besides the sparsities (channel runs: `channel_sparsity`), logged at every
+        event and written to results.json. A method whose network outlives its masks (LAPP slims) gives its own."""
+        return self.granularity_strategy.metrics(self.masks) if self.masks is not None else {}
 
 
 __all__ = ["Pruner", "check_fraction", "list_pruners", "register_pruner"]

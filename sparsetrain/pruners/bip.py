@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsetrain.granularity import normalize_group_scores
 from sparsetrain.masking import MASK_SUFFIX, resolve
 from sparsetrain.pruners.base import Pruner, check_fraction, register_pruner
 from sparsetrain.schedules import to_step
@@ -57,14 +56,17 @@ class HardMask(nn.Module):
         self.home: list[nn.Module] = []  # the ParametrizationList holding the mask buffer (a list: not a child)
         self.register_buffer("row_keep", None if rows is None else torch.ones(rows), persistent=False)
 
+    def multiplier(self) -> torch.Tensor:
+        """What multiplies θ in the forward: the output rows' keep vector (broadcast) or the whole mask."""
+        mask = self.home[0]._buffers["original" + MASK_SUFFIX]
+        if self.row_keep is not None:
+            return self.row_keep.view(-1, *([1] * (mask.ndim - 1)))
+        return mask
+
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return theta
-        if self.row_keep is not None:
-            mult = self.row_keep.view(-1, *([1] * (theta.ndim - 1)))
-        else:
-            mult = self.home[0]._buffers["original" + MASK_SUFFIX]
-        return _MaskedPassGrad.apply(theta, mult)
+        return _MaskedPassGrad.apply(theta, self.multiplier())
 
 
 @register_pruner("bip")
@@ -186,17 +188,15 @@ class BiP(Pruner):
         self._scores: list[nn.Parameter] = []
         self._grads_ready = False
         self._reference: dict[str, torch.Tensor] | None = None  # masks at the last churn report
-        self._slice_cache: dict[torch.device, list] = {}
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        channel = self.granularity == "channel"
-        rows = {s.param for g in self.groups for s in g.slices if s.dim == 0} if channel else set(self.weights)
+        rows = self.granularity_strategy.row_masked  # channel: the output rows only (consumers read zeros)
         self._hard = {}
-        for fqn in sorted(rows):
+        for fqn in self.granularity_strategy.forward_masked(self.weights):
             owner_name, _, pname = fqn.rpartition(".")
             owner = self.model.get_submodule(owner_name)
-            size = getattr(owner, pname).shape[0] if channel else None
+            size = getattr(owner, pname).shape[0] if rows else None
             if parametrize.is_parametrized(owner, pname):
                 hard = owner.parametrizations[pname][0]
                 if not isinstance(hard, HardMask) or len(owner.parametrizations[pname]) != 1:
@@ -212,22 +212,16 @@ class BiP(Pruner):
             hard.home = [resolve(self.model, fqn)[0]]
             hard.enabled = False
         device = self.masks.param_list()[0].device
-        if self.granularity == "channel":
-            self.score_keys = [f"{i}:{g.name}" for i, g in enumerate(self.groups)]
-            shapes = [(g.size,) for g in self.groups]
-        else:
-            self.score_keys = list(self.weights)
-            shapes = [self.masks.param(f).shape for f in self.weights]
+        self.score_keys = self.granularity_strategy.unit_keys(self.weights)
+        shapes = [s.shape for s in self.granularity_strategy.unit_scores(self.masks, self.weights)]
         self._scores = [nn.Parameter(torch.zeros(shape, device=device)) for shape in shapes]
         self.score_optimizer = torch.optim.SGD(
             self._scores, lr=self.score_lr, momentum=self.score_momentum, weight_decay=self.score_weight_decay
         )
-        total = sum(s.numel() for s in self._scores)
-        self._keep = round((1.0 - self.sparsity) * total)  # the global top-k of unstructured scores
         self.warmup_step = to_step(self.warmup, self.total_steps, "warmup")
         end = self.total_steps if self.finetune == 0 else to_step(1.0 - self.finetune, self.total_steps, "finetune")
         self.finetune_step = max(end, self.warmup_step + 1)
-        self.phase, self.score_steps, self._reference, self._slice_cache = DENSE, 0, None, {}
+        self.phase, self.score_steps, self._reference = DENSE, 0, None
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self._scores)
@@ -314,58 +308,31 @@ class BiP(Pruner):
 
     @torch.no_grad()
     def _score_gradients(self) -> None:
-        """s.grad = ∇_z ℓ ⊙ θ − (1/γ)·∇_z ℓ ⊙ (m ⊙ ∇_z ℓ), from θ.grad = ∇_z ℓ (see `_MaskedPassGrad`).
-
-        A layer without a gradient this step (PyTorch 2's `set_to_none`, a branch not taken) gets none either.
+        """s.grad = ∇_z ℓ ⊙ θ − (1/γ)·∇_z ℓ ⊙ (m ⊙ ∇_z ℓ) per masked entry, from θ.grad = ∇_z ℓ (see
+        `_MaskedPassGrad`), summed into the scores' units by the granularity (channels: over each channel's
+        output-side entries). A unit no gradient reached this step (PyTorch 2's `set_to_none`, a branch not
+        taken) gets none either: no score step, momentum included.
         """
-        if self.granularity == "channel":
-            self._channel_score_gradients()
-            return
-        found = [
-            (s, p, m)
-            for s, p, m in zip(self._scores, self.masks.param_list(), self.masks.mask_list(), strict=True)
-            if p.grad is not None
-        ]
+        found = [(fqn, self.masks.param(fqn)) for fqn in self._hard if self.masks.param(fqn).grad is not None]
         for s in self._scores:
             s.grad = None
         if not found:
             return
-        scores, params, masks = zip(*found, strict=True)
+        fqns, params = zip(*found, strict=True)
         # float32 products: in half precision g⊙g underflows (the implicit term vanishes) or overflows to inf
         grads = [p.grad.float() for p in params]
         upper = torch._foreach_mul(grads, [p.detach().float() for p in params])  # ∇_m ℓ(m⊙θ) = ∇_z ℓ ⊙ θ
-        lower = torch._foreach_mul(grads, [m.float() for m in masks])  # ∇_θ ℓ(m⊙θ) = m ⊙ ∇_z ℓ
+        lower = torch._foreach_mul(grads, [self._hard[f].multiplier().float() for f in fqns])  # ∇_θ ℓ(m⊙θ)
         torch._foreach_addcmul_(upper, grads, lower, value=-1.0 / self.gamma)  # the implicit term
-        for s, g in zip(scores, upper, strict=True):
-            s.grad = g.to(dtype=s.dtype, memory_format=torch.contiguous_format)
-
-    def _channel_score_gradients(self) -> None:
-        """Per channel: the sum over its output-side entries of the per-weight BiP gradient (chain rule)."""
-        grads = [torch.zeros_like(s) for s in self._scores]
-        reached = [False] * len(grads)
-        slices = self._slices(grads[0].device)
-        for fqn, hard in self._hard.items():
-            p = self.masks.param(fqn)
-            if p.grad is None:
-                continue
-            g, mult = p.grad.float(), hard.row_keep.view(-1, *([1] * (p.ndim - 1))).float()
-            entry = g * p.detach().float() - (g * g * mult) / self.gamma
-            rows = entry.reshape(p.shape[0], -1).sum(1)
-            for gi, dim, index, root in slices[fqn]:
-                if dim == 0:
-                    grads[gi].index_add_(0, root, rows[index])
-                    reached[gi] = True
-        for s, g, got in zip(self._scores, grads, reached, strict=True):
-            s.grad = g if got else None  # a group no gradient reached this step: no score step (momentum too)
+        units = self.granularity_strategy.to_units(dict(zip(fqns, upper, strict=True)), self.weights)
+        for s, g in zip(self._scores, units, strict=True):
+            if g is not None:
+                s.grad = g.to(dtype=s.dtype, memory_format=torch.contiguous_format).view(s.shape)
 
     # ------------------------------------------------------------------------------------------- masks
     @torch.no_grad()
     def _init_scores(self) -> None:
-        if self.granularity == "channel":
-            params = self.masks.params
-            raw = [normalize_group_scores(g.scores(params).sqrt()) for g in self.groups]
-        else:
-            raw = [self.masks.param(f).detach().abs().float() for f in self.weights]
+        raw = self.granularity_strategy.unit_scores(self.masks, self.weights)
         top = torch.ones(())
         if self.score_init == "normalized":
             top = torch.stack([r.max() for r in raw]).max().clamp_min(torch.finfo(torch.float32).tiny)
@@ -374,50 +341,13 @@ class BiP(Pruner):
 
     @torch.no_grad()
     def _project(self) -> None:
-        """m ← top-k(s) under the granularity and allocation (no host sync except for channel groups)."""
-        if self.granularity == "channel":
-            self._expand(self.granularity_strategy.keep_channels([s.detach() for s in self._scores], self.sparsity))
-        elif self.granularity == "unstructured" and self.allocation == "global":
-            keeps = global_topk([s.detach() for s in self._scores], self._keep)
-            for fqn, keep in zip(self.weights, keeps, strict=True):
-                self.masks.set(fqn, keep)
-        else:
-            self.granularity_strategy.prune(self.masks, self.weights, self.trained_scores(), self.sparsity)
-
-    def _expand(self, keeps: list[torch.Tensor]) -> None:
-        """Channel keep-vectors into every coupled parameter's mask, and the output-side rows into `row_keep`."""
-        vectors: dict[tuple[str, int], torch.Tensor] = {}
-        device = keeps[0].device
-        for fqn, pieces in self._slices(device).items():
-            mask = self.masks.mask(fqn)
-            for gi, dim, index, root in pieces:
-                v = vectors.get((fqn, dim))
-                if v is None:
-                    v = vectors[(fqn, dim)] = torch.ones(mask.shape[dim], dtype=mask.dtype, device=device)
-                v[index] = keeps[gi][root].to(v.dtype)
-        for fqn in self.masks.fqns:
-            mask = self.masks.mask(fqn)
-            new = torch.ones_like(mask)
-            for (name, dim), v in vectors.items():
-                if name == fqn:
-                    shape = [1] * mask.ndim
-                    shape[dim] = -1
-                    new = new * v.to(mask.device).view(shape)
-            mask.copy_(new)
-            hard = self._hard.get(fqn)
-            if hard is not None:
-                rows = vectors.get((fqn, 0))
-                hard.row_keep.copy_(rows if rows is not None else torch.ones_like(hard.row_keep))
-
-    def _slices(self, device: torch.device) -> dict[str, list[tuple[int, int, torch.Tensor, torch.Tensor]]]:
-        """Channel slices by parameter, index tensors on `device` (built once per device: no copy per step)."""
-        if device not in self._slice_cache:
-            out: dict[str, list] = {}
-            for gi, g in enumerate(self.groups):
-                for s in g.slices:
-                    out.setdefault(s.param, []).append((gi, s.dim, s.index.to(device), s.root.to(device)))
-            self._slice_cache[device] = out
-        return self._slice_cache[device]
+        """m ← top-k(s) under the granularity and allocation; the hard masks' row vectors follow (channel)."""
+        strategy = self.granularity_strategy
+        strategy.apply(self.masks, self.weights, strategy.decide([s.detach() for s in self._scores], self.sparsity))
+        if strategy.row_masked:
+            for fqn, hard in self._hard.items():
+                mask = self.masks.mask(fqn)
+                hard.row_keep.copy_(mask.reshape(mask.shape[0], -1).amax(1))
 
     def _follow_device(self) -> None:
         """Move scores and their optimizer state to the weights' device (after a model `.to()`)."""
@@ -501,27 +431,8 @@ class BiP(Pruner):
             self._project()  # channel `row_keep` is not saved; the masks equal the saved ones (same scores)
 
 
-def global_topk(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
-    """Bool masks of the `keep` largest entries over all `scores` together (exact, by index, no host sync).
-
-    Selects the smaller side: the `keep` largest, or the n − `keep` smallest to drop.
-    """
-    flat = torch.cat([s.reshape(-1).float() for s in scores])
-    n = flat.numel()
-    if keep * 2 <= n:
-        chosen = torch.zeros(n, dtype=torch.bool, device=flat.device)
-        if keep > 0:
-            chosen.index_fill_(0, torch.topk(flat, keep, sorted=False).indices, True)
-    else:
-        chosen = torch.ones(n, dtype=torch.bool, device=flat.device)
-        if keep < n:
-            chosen.index_fill_(0, torch.topk(flat, n - keep, largest=False, sorted=False).indices, False)
-    parts = torch.split(chosen, [s.numel() for s in scores])
-    return [part.view(s.shape) for part, s in zip(parts, scores, strict=True)]
-
-
 def _cpu(value: Any) -> Any:
     return value.detach().cpu().clone() if torch.is_tensor(value) else value
 
 
-__all__ = ["BiP", "HardMask", "global_topk"]
+__all__ = ["BiP", "HardMask"]

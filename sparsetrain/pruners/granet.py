@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 import torch
 
 from sparsetrain.allocation import erk_densities, keep_counts, uniform_densities
-from sparsetrain.granularity import nm_group_view, nm_ungroup
+from sparsetrain.granularity import REGISTRY as GRANULARITY_REGISTRY
+from sparsetrain.granularity import Granularity
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 
@@ -98,19 +99,16 @@ class GraNet(Pruner):
         growth: str = "gradient",
         **common: Any,
     ) -> None:
-        if common.get("granularity") == "channel":  # before the shared keys: their advice assumes channels
-            raise ValueError(
-                f"{type(self).__name__} prunes and regrows single weights; granularity=channel is not defined for "
-                "it (use unstructured or nm, or gmp/magnitude for channels)"
-            )
         common.setdefault("schedule", "cubic")
         super().__init__(sparsity=sparsity, **common)
         if not 0.0 < init_density <= 1.0:
             raise ValueError(f"pruner.init_density must be in (0, 1], got {init_density}")
         if init_density < 1.0 - self.sparsity - 1e-9:
             raise ValueError(f"pruner.init_density={init_density} is below the final density {1 - self.sparsity:g}")
-        if self.granularity == "nm" and init_density < 1.0:
-            raise ValueError("granularity=nm starts dense (init_density=1); the N:M pattern is reached by the schedule")
+        if init_density < 1.0 and not self.granularity_strategy.random_start:
+            raise ValueError(
+                f"granularity={self.granularity} starts dense (init_density=1); its pattern is reached by the schedule"
+            )
         if init_density < 1.0 and self.allocation == "global" and self.global_start is None:
             raise ValueError(
                 f"{type(self).__name__} starts from a random sparse mask, so pruner.allocation must be one of "
@@ -289,40 +287,8 @@ class GraNet(Pruner):
                 continue
             weight = params[fqn].detach()
             grow = self.growth_scores(fqn).float()
-            if self.granularity == "nm":
-                new = self._swap_nm(active, weight.abs().float(), grow, n_swap)
-            else:
-                new = self._swap(active, weight.abs().float(), grow, n_swap)
+            new = self.granularity_strategy.swap(active, weight.abs().float(), grow, n_swap)
             self.masks.set(fqn, new)
-
-    @staticmethod
-    def _swap(active: torch.Tensor, magnitude: torch.Tensor, grow: torch.Tensor, n: int) -> torch.Tensor:
-        flat_active = active.reshape(-1)
-        drop_scores = torch.where(flat_active, magnitude.reshape(-1), torch.full_like(magnitude.reshape(-1), math.inf))
-        dropped = torch.topk(drop_scores, n, largest=False).indices
-        after_drop = flat_active.clone()
-        after_drop[dropped] = False
-        grow_scores = torch.where(after_drop, torch.full_like(drop_scores, -math.inf), grow.reshape(-1))
-        grown = torch.topk(grow_scores, n, largest=True).indices
-        after_drop[grown] = True
-        return after_drop.reshape(active.shape)
-
-    def _swap_nm(self, active: torch.Tensor, magnitude: torch.Tensor, grow: torch.Tensor, n: int) -> torch.Tensor:
-        """Drop the n weakest active weights of the layer, then regrow inside each group as many as it lost."""
-        a = nm_group_view(active, self.m)
-        mag = nm_group_view(magnitude, self.m)
-        g = nm_group_view(grow, self.m)
-        drop_scores = torch.where(a, mag, torch.full_like(mag, math.inf)).reshape(-1)
-        dropped = torch.zeros_like(drop_scores, dtype=torch.bool)
-        dropped[torch.topk(drop_scores, n, largest=False).indices] = True
-        dropped = dropped.reshape(a.shape)
-        lost = dropped.sum(dim=1, keepdim=True)
-        after_drop = a & ~dropped
-        candidates = torch.where(after_drop, torch.full_like(g, -math.inf), g)
-        order = candidates.argsort(dim=1, descending=True, stable=True)
-        rank = order.argsort(dim=1)
-        regrown = rank < lost
-        return nm_ungroup(after_drop | regrown, active.shape)
 
     # ------------------------------------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
@@ -363,7 +329,8 @@ class RigL(GraNet):
         kw.setdefault("schedule", "oneshot")
         kw.setdefault("begin", 0.0)
         kw.setdefault("end", 0.0)
-        if sparsity is not None and "init_density" not in kw and kw.get("granularity", "unstructured") != "nm":
+        random_start = GRANULARITY_REGISTRY.get(kw.get("granularity", "unstructured"), Granularity).random_start
+        if sparsity is not None and "init_density" not in kw and random_start:
             kw["init_density"] = 1.0 - sparsity
         super().__init__(sparsity=sparsity, **kw)
 

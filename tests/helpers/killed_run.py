@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytorch_lightning as pl
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from tests.helpers.config import CONF_DIR
 
 
 class KillAt(pl.Callback):

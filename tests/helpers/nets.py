@@ -1,9 +1,12 @@
-"""Tiny networks and a plain training loop for fast, real tests."""
+"""Tiny networks, their data and a plain training loop for fast, real tests."""
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 
 class MLP(nn.Module):
@@ -144,3 +147,45 @@ def train_plain(
         pruner.after_optimizer_step(step, optimizer)
         losses.append(float(loss.detach()))
     return losses
+
+
+class Net(pl.LightningModule):
+    """ResNetTiny (conv + BN + a residual add: coupled channels) on 8×8 inputs, with an example input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ResNetTiny(in_chans=3, width=8)
+        self.example_input_array = torch.zeros(1, 3, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.net.fc.weight.dtype))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+class UserModule(pl.LightningModule):
+    """What a user writes: a network attribute, a training step, an optimizer. No `example_input_array`."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.backbone(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def loader() -> DataLoader:
+    """32 learnable 3×8×8 images in 4 batches of 8 (an epoch of `Net` is 4 optimizer steps)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (32,), generator=g)
+    x = torch.randn(32, 3, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5
+    return DataLoader(TensorDataset(x, y), batch_size=8)
