@@ -25,6 +25,10 @@ _EXPORTS = {
     "RigL": "sparsetrain.pruners",
     "SET": "sparsetrain.pruners",
     "PDP": "sparsetrain.pruners",
+    "BiP": "sparsetrain.pruners",
+    "LAPP": "sparsetrain.pruners",
+    "register_pruner": "sparsetrain.pruners",
+    "register_granularity": "sparsetrain.granularity",
     "load_exported": "sparsetrain.export",
     "export_network": "sparsetrain.export",
 }

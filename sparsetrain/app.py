@@ -29,7 +29,6 @@ from sparsetrain.plots import plot_run_safely
 from sparsetrain.quiet import quiet
 from sparsetrain.restore import run_arch
 from sparsetrain.resume import RunSettings, allowed_pruner_changes, check_resume
-from sparsetrain.slim import ChannelRemoval
 from sparsetrain.targets import select_targets
 
 log = logging.getLogger("sparsetrain")
@@ -191,6 +190,7 @@ def _fit_and_report(
         **extra,
         "layers": summary["layers"],
     }
+    removed = pruner.removed_channels() if pruner is not None else []
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         if cfg.get("export", True):
@@ -200,10 +200,8 @@ def _fit_and_report(
                 input_shape=(dm.in_chans, dm.image_size, dm.image_size),
                 arch=run_arch(cfg, dm),
                 info={"pruner": results["pruner"], "granularity": (results["pruner_config"] or {}).get("granularity")},
-                removed=[ChannelRemoval.from_json(r) for r in results.get("removed_channels", [])],
-                dense_counts=(results["params_total"], results["flops_dense"])
-                if results.get("removed_channels")
-                else None,
+                removed=removed,
+                dense_counts=(results["params_total"], results["flops_dense"]) if removed else None,
             )
         if cfg.get("plots", True):
             plot_run_safely(run_dir)

@@ -112,7 +112,6 @@ class SparsityCallback(pl.Callback):
         given = self.example_input
         self._example = given[:1].detach().cpu() if given is not None else example_input(trainer, pl_module)
         self.pruner.attach(self.network, total, self._example)
-        self._add_penalty(pl_module)
         self._before_model_load(pl_module)
         if self.pruner.skipped:
             rank_zero_warn(left_dense_text(self.pruner.skipped, self.pruner.granularity))
@@ -121,29 +120,25 @@ class SparsityCallback(pl.Callback):
             f"{self.pruner.target_text()}, {total} optimizer steps"
         )
 
-    def _add_penalty(self, pl_module: pl.LightningModule) -> None:
-        """Add the pruner's loss term to what `training_step` returns (so AMP scaling, accumulation and DDP see
-        one loss). Only for methods that define one: the others' steps are not wrapped."""
-        if type(self.pruner).penalty is Pruner.penalty or getattr(pl_module, "_sparsetrain_penalty", False):
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The gradient of the pruner's loss term (`penalty()`), added after each backward of the task loss and
+        scaled as Lightning scaled that loss: divided by the accumulation, times the AMP scaler's scale."""
+        term = self.pruner.penalty()
+        if term is None:
             return
-        step, pruner = pl_module.training_step, self.pruner
-
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            out = step(*args, **kwargs)
-            term = pruner.penalty()
-            if term is None or out is None:
-                return out
-            if isinstance(out, dict):
-                return {**out, "loss": out["loss"] + term}
-            return out + term
-
-        pl_module.training_step = training_step
-        pl_module._sparsetrain_penalty = True
+        factor = 1.0 / trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1.0
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            factor *= float(scaler.get_scale())
+        (term * factor).backward()
 
     def _before_model_load(self, pl_module: pl.LightningModule) -> None:
-        """Show the pruner a resumed checkpoint's state before its weights load (Lightning calls the module's
-        `on_load_checkpoint` first, callbacks only after the weights): a method that changed the architecture
-        (a slimmed network) rebuilds it so the weights fit."""
+        """Show the pruner a resumed checkpoint's state before its weights load: a method that changed the
+        architecture (a slimmed network) rebuilds it so the weights fit.
+
+        The one wrap of a module hook, unavoidable: Lightning calls the module's `on_load_checkpoint` before it
+        loads the weights and the callbacks' only after them, and no callback hook runs in between."""
         if type(self.pruner).before_model_load is Pruner.before_model_load:
             return
         hook, pruner, key = pl_module.on_load_checkpoint, self.pruner, self.state_key
@@ -265,8 +260,6 @@ class SparsityCallback(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hook()  # also when fit ended with an exception
-        if pl_module.__dict__.pop("_sparsetrain_penalty", False):
-            pl_module.__dict__.pop("training_step", None)  # the module's own training_step again
         if pl_module.__dict__.pop("_sparsetrain_load_hook", False):
             pl_module.__dict__.pop("on_load_checkpoint", None)
 

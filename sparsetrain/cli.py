@@ -194,7 +194,7 @@ def pruner_help(conf_dir: Path = CONF_DIR, width: int = 110) -> str:
     Read from the registry (`list_pruners`), so a new method file shows up here; the defaults come from its
     `conf/pruner/<key>.yaml` (keys the method ignores are left out). Lines are wrapped at `width` columns.
     """
-    from sparsetrain.pruner_keys import list_pruners
+    from sparsetrain.pruners import list_pruners
 
     lines, indent = [], " " * 21
     for key, cls in sorted(list_pruners().items()):

@@ -10,10 +10,8 @@ for the command line of `train.py`, before Hydra creates a run directory, so a b
 
 from __future__ import annotations
 
-import glob
 import inspect
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsetrain.errors import suggest
+from sparsetrain.devices import gpu_count, requested_devices
+from sparsetrain.errors import ConfigError, suggest
 from sparsetrain.pruner_keys import SharedKeys, check_fraction, default_sparsity  # noqa: F401  (resolver)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error (printed as one line by `train.py`)."""
 
 
 @dataclass
@@ -162,26 +157,6 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def requested_devices(devices: Any) -> int | None:
-    """How many devices `trainer.devices` asks for: None for `auto`/-1 (all there are).
-
-    Raises:
-        ConfigError: not an integer >= 1, -1, `auto`, a list of device ids or a string of them ("0,1").
-    """
-    if devices in ("auto", -1, "-1"):
-        return None
-    if isinstance(devices, str):
-        parts = [p.strip() for p in devices.split(",") if p.strip()]
-        if parts and all(p.isdigit() for p in parts):
-            return int(parts[0]) if len(parts) == 1 and "," not in devices else len(parts)
-    elif isinstance(devices, (list, ListConfig)):
-        if len(devices) > 0 and all(_is_int(d) and d >= 0 for d in devices):
-            return len(devices)
-    elif _is_int(devices) and devices >= 1:
-        return devices
-    raise ConfigError(f"trainer.devices must be an integer >= 1, -1 or auto (or a list of device ids), got {devices!r}")
-
-
 def _check_trainer(t: DictConfig) -> None:
     accelerator = _get(t, "accelerator", "auto", "trainer")
     if isinstance(accelerator, str) and accelerator not in ACCELERATORS:
@@ -215,24 +190,6 @@ def _check_trainer(t: DictConfig) -> None:
     clip = _get(t, "gradient_clip_val", None, "trainer")
     if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val must be null or a number >= 0, got {clip!r}")
-
-
-_GPU_NODES = ("/dev/nvidia*", "/dev/nvhost*", "/dev/nvmap", "/dev/dxg", "/dev/kfd", "/proc/driver/nvidia")
-
-
-def gpu_count(kind: str = "gpu") -> int:
-    """GPUs Lightning's accelerator `kind` (gpu: CUDA or Apple MPS; cuda; mps) can use on this machine.
-
-    On Linux, a machine with no GPU device node at all (NVIDIA, Jetson, WSL, ROCm) has none, which is known
-    without importing torch; otherwise torch is asked.
-    """
-    if sys.platform.startswith("linux") and not any(glob.glob(pattern) for pattern in _GPU_NODES):
-        return 0
-    import torch
-
-    cuda = torch.cuda.device_count() if kind in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 0
-    mps = 1 if kind in ("gpu", "mps", "auto") and not cuda and torch.backends.mps.is_available() else 0
-    return cuda or mps
 
 
 def check_accelerator(t: DictConfig) -> None:

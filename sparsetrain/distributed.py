@@ -50,7 +50,7 @@ def world_size(trainer_cfg: Mapping[str, Any]) -> int | None:
     `devices: auto` (or -1) is every CUDA device (or the one MPS device) with `accelerator` gpu/cuda/auto and
     one process on CPU, as Lightning counts; another accelerator with `auto` devices: None.
     """
-    from sparsetrain.config import gpu_count, requested_devices
+    from sparsetrain.devices import gpu_count, requested_devices
 
     accelerator = trainer_cfg.get("accelerator", "auto")
     devices = requested_devices(trainer_cfg.get("devices", "auto"))
@@ -83,7 +83,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
         return
     from hydra.utils import get_class
 
-    from sparsetrain.config import ConfigError
+    from sparsetrain.errors import ConfigError
     from sparsetrain.pruners.lapp import LAPP
 
     if issubclass(get_class(pruner._target_), LAPP):

@@ -24,6 +24,10 @@ EXIT_CODE = 2  # every user error, Hydra's composition errors included (argparse
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
+class ConfigError(ValueError):
+    """A user-facing configuration error (printed as one line by `train.py`)."""
+
+
 def _user_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ValueError, FileNotFoundError]
     data = sys.modules.get("sparsetrain.data.base")  # only loaded data can be missing: never import it here
@@ -129,4 +133,4 @@ def one_line_error(error: BaseException, conf_dir: Path | None = None) -> str | 
     return None
 
 
-__all__ = ["EXIT_CODE", "group_options", "hydra_error_line", "one_line_error", "suggest"]
+__all__ = ["EXIT_CODE", "ConfigError", "group_options", "hydra_error_line", "one_line_error", "suggest"]

@@ -11,7 +11,7 @@ re-masked after it, so momentum, weight decay and Adam moments can never revive 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -126,6 +126,22 @@ class MaskSet:
                 masks.append(owner._buffers[bname])
         if grads:
             torch._foreach_mul_(grads, masks)
+
+    @torch.no_grad()
+    def follow_device(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Move a method's own parameters (scores, thresholds), their gradients and their optimizer's state to the
+        weights' device: after a model `.to()`, which moves only what the network holds."""
+        device = self.param_list()[0].device
+        if all(p.device == device for p in params):
+            return
+        for p in params:
+            p.data = p.data.to(device)
+            if p.grad is not None:
+                p.grad = p.grad.to(device)
+        for state in optimizer.state.values() if optimizer is not None else ():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.ndim > 0:
+                    state[key] = value.to(device)
 
     def grads_finite(self) -> bool:
         """False when a gradient holds inf/NaN (one fused norm; an AMP scaler skips such a step)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import pkgutil
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,11 +18,15 @@ from omegaconf import OmegaConf
 
 GRANULARITY_NOUNS = {"unstructured": "single weights", "nm": "N:M groups", "channel": "channels"}  # for messages
 GRANULARITY_DIR = Path(__file__).resolve().parent / "granularity"
-# one file per granularity (`sparsetrain/granularity/<name>.py`), read without importing it (these checks run
-# before torch is imported); unstructured first, the default
+# the names `@register_granularity("<name>")` declares in `sparsetrain/granularity/` (a new granularity is one
+# file there), read from the source: these checks run before torch is imported. Unstructured first, the default.
 GRANULARITIES = tuple(
     sorted(
-        (m.name for m in pkgutil.iter_modules([str(GRANULARITY_DIR)]) if m.name != "base"),
+        {
+            m
+            for f in GRANULARITY_DIR.glob("*.py")
+            for m in re.findall(r'@register_granularity\("(\w+)"\)', f.read_text())
+        },
         key=lambda name: (name != "unstructured", name),
     )
 )
@@ -175,14 +179,6 @@ def register_pruner(key: str):
     return wrap
 
 
-def list_pruners() -> dict[str, type]:
-    """Registered pruners by key (every module in `sparsetrain/pruners/` is imported, so a new file is found)."""
-    from sparsetrain import pruners
-
-    pruners.discover()
-    return dict(registry)
-
-
 class ConfiguredPruner(SharedKeys):
     """Records every constructor's arguments, so `describe()` (results.json `pruner_config`) cannot drift.
 
@@ -239,6 +235,6 @@ __all__ = [
     "SharedKeys",
     "check_fraction",
     "implied_sparsity",
-    "list_pruners",
+    "registry",
     "register_pruner",
 ]

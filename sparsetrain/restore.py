@@ -146,7 +146,7 @@ def restore_checkpoint(ckpt_path: str | Path, cfg: DictConfig) -> Restored:
         pruner.load_state_dict(pruner_state)
         pruner.on_fit_end()
         pruner.finalize()
-    removed = pruner.report().get("removed_channels", []) if pruner is not None else []
+    removed = [r.to_json() for r in pruner.removed_channels()] if pruner is not None else []
     return Restored(
         network.eval(), arch, key, list(removed), int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0))
     )

@@ -232,7 +232,7 @@ def test_help_lists_every_registered_pruner_with_its_line_and_keys():
     import yaml
 
     from sparsetrain.cli import summary
-    from sparsetrain.pruner_keys import list_pruners
+    from sparsetrain.pruners import list_pruners
 
     proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -153,7 +153,7 @@ def test_channel_soft_masks_are_coupled_differentiable_and_harden_exactly():
     pruner.before_forward(25)  # soft phase at the full budget
     x, y = batches(1, (3, 8, 8))[0]
     nn.functional.cross_entropy(model(x), y).backward()
-    m = pruner._channel_state.current[stream]
+    m = pruner.soft.current()[stream]
     assert int((m >= 0.5).sum()) == 4  # half of the 8 coupled channels above threshold
     # the same per-channel factor scales both producers of the residual stream and their BNs
     w1 = model.conv1.parametrizations.weight.original
@@ -212,7 +212,7 @@ def test_absolute_tau_equals_the_formula_without_normalisation():
     model, pruner = _pdp(tau=1e-3, tau_normalize=False, tau_final=1.0)
     pruner.before_forward(60)
     w = model.fc1.parametrizations.weight.original.detach()
-    t2 = pruner._soft["fc1"].t2
+    t2 = pruner.soft.soft["fc1"].t2
     assert torch.allclose(pruner.soft_mask("fc1"), torch.sigmoid((w**2 - t2) / 1e-3), atol=1e-6)
 
 
@@ -230,7 +230,7 @@ def test_thresholds_use_no_autograd_no_kthvalue_and_refresh_once_per_optimizer_s
         for _ in range(3):  # three micro-batches of one optimizer step (gradient accumulation)
             pruner.before_forward(step)
     assert len(calls) == 5
-    soft = pruner._soft["fc1"]
+    soft = pruner.soft.soft["fc1"]
     assert not soft.t2.requires_grad and soft.t2.grad_fn is None and soft.inv_tau.grad_fn is None
 
 
@@ -264,7 +264,7 @@ def _soft_masks(model: nn.Module, pruner: PDP, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             model(x)
         model.train()
-        return torch.cat(pruner._channel_state.current).detach()
+        return torch.cat(pruner.soft.current()).detach()
     return torch.cat([pruner.soft_mask(name).reshape(-1) for name in pruner.weights.values()])
 
 

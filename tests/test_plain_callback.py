@@ -223,10 +223,12 @@ def test_pdp_channel_thresholds_are_pruner_state_and_a_sequential_resumes_exactl
     }
     assert network == plain
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SparsityCallback"))["pruner"]
-    t2, inv_tau = state["channel"]["t2"], state["channel"]["inv_tau"]
+    t2, inv_tau = state["soft_masks"]["t2"], state["soft_masks"]["inv_tau"]
     assert len(t2) == len(inv_tau) > 0 and all(t > 0 for t in t2) and all(i != 1.0 for i in inv_tau)
+    state["channel"] = state.pop("soft_masks")  # as an earlier version wrote them: still read
+    torch.save(ckpt, tmp_path / "killed" / "earlier.ckpt")
     pruner = channel_pdp()
-    resumed = fit_sequential(pruner, tmp_path / "resumed", ckpt_path=tmp_path / "killed" / "last.ckpt")
+    resumed = fit_sequential(pruner, tmp_path / "resumed", ckpt_path=tmp_path / "killed" / "earlier.ckpt")
     assert pruner.hardened
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
@@ -242,9 +244,9 @@ def test_a_checkpoint_holding_pdp_channel_thresholds_in_the_network_still_loads(
     pruner.attach(net, 12, x[:1])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     train_plain(net, pruner, optimizer, batches(4, (3, 8, 8)), 3)
-    assert not pruner.hardened and pruner._channel_state.enabled
+    assert not pruner.hardened and pruner.soft.state.enabled
     legacy = dict(net.state_dict())
-    for i, (t2, inv_tau) in enumerate(zip(pruner._channel_state.t2, pruner._channel_state.inv_tau, strict=True)):
+    for i, (t2, inv_tau) in enumerate(zip(pruner.soft.state.t2, pruner.soft.state.inv_tau, strict=True)):
         legacy[f"pdp_channel_state.t2_{i}"] = torch.tensor(t2)
         legacy[f"pdp_channel_state.inv_tau_{i}"] = torch.tensor(inv_tau)
     legacy_state = {k: v for k, v in pruner.state_dict().items() if k != "channel"}
@@ -253,8 +255,8 @@ def test_a_checkpoint_holding_pdp_channel_thresholds_in_the_network_still_loads(
     restored.attach(restored_net, 12, x[:1])
     restored_net.load_state_dict(legacy, strict=True)
     restored.load_state_dict(legacy_state)
-    assert restored._channel_state.t2 == pruner._channel_state.t2
-    assert restored._channel_state.inv_tau == pruner._channel_state.inv_tau
+    assert restored.soft.state.t2 == pruner.soft.state.t2
+    assert restored.soft.state.inv_tau == pruner.soft.state.inv_tau
     net.eval(), restored_net.eval()
     with torch.no_grad():
         assert torch.equal(restored_net(x), net(x))  # the same soft channel masks

@@ -174,3 +174,96 @@ def test_the_callback_and_the_app_name_no_method():
     text = (root / "callback.py").read_text() + (root / "app.py").read_text()
     for key, cls in list_pruners().items():
         assert f'"{key}"' not in text and cls.__name__ not in text.replace("Pruner", ""), key
+
+
+class SoftToy(Pruner):
+    """A soft-mask toy on the public surface: the granularity's soft mask form, its thresholds ramped with the
+    schedule at every step, hardened at the end (what PDP does, without its temperature annealing)."""
+
+    def before_masks(self, targets):
+        self.soft = self.granularity_strategy.soft_masks(self.model, targets, gain=1.0)
+        self.budgets, self.hard = None, False
+
+    @property
+    def masks_weights(self):
+        return self.hard  # soft: the masks only report until they harden
+
+    def is_update_step(self, step):
+        return False  # no hard decisions: the thresholds move in `before_forward`
+
+    def before_forward(self, step):
+        if self.hard or not self.first_forward_of_step(step):
+            return
+        if self.budgets is None:
+            self.budgets = self.soft.budgets(self.masks, self.weights, self.sparsity, self.allocation)
+            self.soft.set_enabled(True)
+        fraction = self.schedule.sparsity_at(step) / self.sparsity
+        self.soft.refresh(self.masks, self.weights, self.budgets, fraction, tau=1.0, normalize=True)
+
+    def on_fit_end(self):
+        self.soft.refresh(self.masks, self.weights, self.budgets, 1.0, tau=1.0, normalize=True)
+        self.soft.set_enabled(False)
+        self.hard = True
+        self.masks.apply_to_weights()
+
+    def finalize(self):
+        masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
+        self.masks.remove()
+        self.soft.remove(self.weights)
+        with torch.no_grad():
+            for fqn, mask in masks.items():
+                self.model.get_parameter(fqn).mul_(mask)
+
+
+class BiLevelToy(Pruner):
+    """A bi-level toy on the public surface: scores per decision unit of the granularity in their own optimizer,
+    stepped by the straight-through gradient ∇_w ℓ ⊙ w summed into the units, projected to the top-k."""
+
+    def on_attach(self):
+        units = self.granularity_strategy.unit_scores(self.masks, self.weights)
+        self.unit_values = [torch.nn.Parameter(u.clone()) for u in units]
+        self.own = torch.optim.SGD(self.unit_values, lr=0.05)
+        self.moved = 0.0
+
+    def extra_parameters(self):
+        return self.unit_values
+
+    def is_update_step(self, step):
+        return False
+
+    def before_optimizer_step(self, step, optimizer):
+        per_entry = {f: self.masks.param(f).grad * self.masks.param(f).detach() for f in self.weights}
+        units = self.granularity_strategy.to_units(per_entry, self.weights)
+        for score, grad in zip(self.unit_values, units, strict=True):
+            score.grad = None if grad is None else grad.view(score.shape)
+        return super().before_optimizer_step(step, optimizer)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step, optimizer):
+        before = [s.clone() for s in self.unit_values]
+        self.own.step()
+        self.moved += sum(float((s - b).abs().sum()) for s, b in zip(self.unit_values, before, strict=True))
+        strategy = self.granularity_strategy
+        strategy.apply(self.masks, self.weights, strategy.decide([s.detach() for s in self.unit_values], self.sparsity))
+        super().after_optimizer_step(step, optimizer)
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "nm", "channel"])
+@pytest.mark.parametrize("toy", [SoftToy, BiLevelToy], ids=["soft", "bilevel"])
+def test_toy_methods_of_each_mask_kind_run_on_the_public_surface(toy, granularity):
+    """Outside the package, each mask kind is a few methods of the public protocol and the granularity's
+    surface (no branch on a granularity's name), at every granularity, and reaches its target exactly."""
+    kw = {"granularity": granularity} | ({} if granularity == "nm" else {"sparsity": 0.5})
+    pruner = toy(update_every=2, **kw)
+    cb = SparsityCallback(pruner)
+    module = fit(cb)
+    weights = [m.weight for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][1:-1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert not any(parametrize_names(module))  # finalized: the plain architecture
+    assert zeros >= 0.45 if granularity != "channel" else zeros > 0.3, zeros
+    if toy is BiLevelToy:
+        assert pruner.moved > 0  # the scores learned
+
+
+def parametrize_names(module: torch.nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if torch.nn.utils.parametrize.is_parametrized(m)]

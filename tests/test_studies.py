@@ -17,7 +17,14 @@ from sparsetrain.sweep_summary import collect
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 STUDY_CONFIGS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-GRID = {"unstructured": 7 * 3 * 2, "unstructured_dense": 2, "unstructured_imp": 2}
+GRID = {
+    "unstructured": 7 * 3 * 2,
+    "unstructured_dense": 2,
+    "unstructured_imp": 2,
+    "structured_channel": 2 * 2 * 2,
+    "structured_lapp": 2 * 2,
+    "structured_nm": 4 * 2,
+}
 
 
 def test_every_study_config_is_known_here():
@@ -113,6 +120,6 @@ def test_readme_tables_are_written_from_the_study_csv(tmp_path, monkeypatch):
     assert not any(line.startswith("| set") for line in lines)
     readme = "intro\n<!-- study:unstructured -->\nstale\n<!-- /study:unstructured -->\nend\n"
     rendered = f"intro\n<!-- study:unstructured -->\n{text}\n<!-- /study:unstructured -->\nend\n"
-    assert tables.render(readme) == rendered
-    assert tables.render(readme.replace("stale\n", "")) == rendered  # an empty block is filled too
-    assert tables.render(rendered) == rendered
+    assert tables.render(readme, ("unstructured",)) == rendered
+    assert tables.render(readme.replace("stale\n", ""), ("unstructured",)) == rendered  # an empty block too
+    assert tables.render(rendered, ("unstructured",)) == rendered

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +41,17 @@ def csv_path(study: str) -> Path:
 
 
 def read_rows(study: str) -> list[dict[str, str]]:
-    """The study's CSV rows that finished (a test accuracy recorded)."""
+    """The study's CSV rows that finished (a test accuracy recorded); none before the study ran."""
     path = csv_path(study)
-    if not path.exists():
-        raise SystemExit(f"{path} not found: run the study's sweeps, or `python -m sparsetrain.sweep_summary "
-                         f"{path.parent}`")  # fmt: skip
+    if not path.exists():  # no run yet (or `python -m sparsetrain.sweep_summary <runs dir>` not run)
+        return []
     with path.open() as f:
         return [r for r in csv.DictReader(f) if r.get("test_acc")]
 
 
-def _setting(row: dict[str, str], settings: tuple[float, ...]) -> float | None:
-    """The study setting a row belongs to: its target, or (an IMP round) the setting its sparsity lands on."""
+def target_setting(row: dict[str, str], settings: tuple[float, ...]) -> float | None:
+    """The setting of a row of a sparsity study: its target, or (an IMP round) the setting its sparsity lands on;
+    None for the dense reference (every setting)."""
     if row["pruner"] == "dense":
         return None
     if row.get("target"):
@@ -59,11 +60,21 @@ def _setting(row: dict[str, str], settings: tuple[float, ...]) -> float | None:
     return next((s for s in settings if abs(reached - s) < 0.002), -1.0)
 
 
-def cells(study: str, settings: tuple[float, ...]) -> dict[tuple[str, float | None], Cell]:
-    """(method, setting) -> its cell; settings outside `settings` (other IMP rounds) are left out."""
+def flops_setting(row: dict[str, str], settings: tuple[float, ...]) -> float | None:
+    """The setting of a row of a FLOPs-budget study: the budget its measured FLOPs ratio meets (within 0.02)."""
+    if row["pruner"] == "dense":
+        return None
+    ratio = float(row["flops_ratio"]) if row.get("flops_ratio") else -1.0
+    return next((s for s in settings if s - 0.02 <= ratio <= s + 1e-9), -1.0)
+
+
+def cells(
+    study: str, settings: tuple[float, ...], setting_of: Callable = target_setting
+) -> dict[tuple[str, float | None], Cell]:
+    """(method, setting) -> its cell; rows outside `settings` (other IMP rounds, other budgets) are left out."""
     grouped: dict[tuple[str, float | None], list[dict[str, str]]] = defaultdict(list)
     for row in read_rows(study):
-        setting = _setting(row, settings)
+        setting = setting_of(row, settings)
         if setting is None or setting in settings:
             grouped[(row["pruner"], setting)].append(row)
     return {

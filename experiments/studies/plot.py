@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 
-from experiments.studies.data import STUDIES, cells
+from experiments.studies.data import STUDIES, cells, target_setting
 from experiments.studies.tables import LAYOUT
 
 
 def accuracy_vs_sparsity(study: str, ax) -> None:
-    settings, order = LAYOUT[study]
-    found = cells(study, settings)
+    settings, order = LAYOUT[study].settings, LAYOUT[study].methods
+    found = cells(study, settings, LAYOUT[study].setting_of)
     dense = found.get(("dense", None))
     if dense:
         ax.axhspan(min(dense.test_acc), max(dense.test_acc), color="0.85", label="dense (seed range)")
@@ -29,13 +29,15 @@ def accuracy_vs_sparsity(study: str, ax) -> None:
         lo = [c.mean - min(c.test_acc) for _, c in points]
         hi = [max(c.test_acc) - c.mean for _, c in points]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
-    ax.set(xlabel="sparsity (%)", ylabel="test accuracy", title="accuracy against sparsity (bars: seed range)")
+    by_flops = LAYOUT[study].setting_of is not target_setting
+    xlabel = "FLOPs / dense (×100)" if by_flops else "sparsity (%)"
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title="accuracy against the target (bars: seed range)")
     ax.legend(fontsize=7, ncol=2)
 
 
 def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip", "gmp")) -> None:
-    settings, _ = LAYOUT[study]
-    found = cells(study, settings)
+    settings = LAYOUT[study].settings
+    found = cells(study, settings, LAYOUT[study].setting_of)
     for method in methods:
         for s in settings:
             c = found.get((method, s))

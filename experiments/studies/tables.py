@@ -11,14 +11,30 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.studies.data import cells
+from experiments.studies.data import cells, flops_setting, target_setting
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# study -> the settings of its columns (target sparsity) and the order of its rows
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A study's table: its columns (settings), its rows (methods), how a row finds its column."""
+
+    settings: tuple[float, ...]
+    methods: tuple[str, ...]
+    setting_of: Callable = target_setting
+    header: Callable[[float], str] = lambda s: f"{s * 100:g} %"
+
+
 LAYOUT = {
-    "unstructured": ((0.9, 0.95, 0.98), ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip")),
+    "unstructured": Layout(
+        (0.9, 0.95, 0.98), ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip")
+    ),
+    "structured": Layout((0.5, 0.4), ("dense", "gmp", "pdp", "lapp"), flops_setting, lambda s: f"{s:g} of dense FLOPs"),
 }
 
 
@@ -29,9 +45,10 @@ def _fmt(cell) -> str:
 
 def table(study: str) -> str:
     """Markdown: one row per method, one column per setting; test accuracy, mean ± half range (seeds)."""
-    settings, order = LAYOUT[study]
-    found = cells(study, settings)
-    head = ["method", *(f"{s * 100:g} %" for s in settings), "optimizer steps per run"]
+    layout = LAYOUT[study]
+    settings, order = layout.settings, layout.methods
+    found = cells(study, settings, layout.setting_of)
+    head = ["method", *(layout.header(s) for s in settings), "optimizer steps per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in order:
         row_cells = [found.get((method, None if method == "dense" else s)) for s in settings]
@@ -43,8 +60,9 @@ def table(study: str) -> str:
     return "\n".join(lines)
 
 
-def render(text: str) -> str:
-    for study in LAYOUT:
+def render(text: str, studies: tuple[str, ...] = tuple(LAYOUT)) -> str:
+    """`text` with every study's block replaced by its table."""
+    for study in studies:
         block = re.compile(rf"(<!-- study:{study} -->\n)(?:.*?\n)?(<!-- /study:{study} -->)", re.S)
         if not block.search(text):
             raise SystemExit(f"README.md has no block <!-- study:{study} --> ... <!-- /study:{study} -->")

@@ -15,8 +15,8 @@ from sparsetrain.granularity.base import (
     register_granularity,
     topk_mask,
 )
-from sparsetrain.granularity.channel import (
-    Channel,
+from sparsetrain.granularity.channel import Channel
+from sparsetrain.granularity.channel_groups import (
     ChannelGroup,
     ParamSlice,
     build_channel_groups,

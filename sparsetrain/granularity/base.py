@@ -3,7 +3,7 @@ allocation), and report. A granularity is one file in this package with a `@regi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -136,6 +136,10 @@ class Granularity:
         """Write the units' keeps into the masks."""
         for fqn, keep in zip(weights, keeps, strict=True):
             masks.set(fqn, keep)
+
+    def soft_masks(self, model: nn.Module, targets: dict[str, nn.Module], gain: float) -> Any:
+        """PDP's soft mask form at this grain (`soft.WeightSoftMasks`, `channel_soft.ChannelSoftMasks`)."""
+        raise NotImplementedError(f"granularity {self.name} has no soft mask form")
 
     @classmethod
     def build(cls, allocation: str, n: int, m: int) -> Granularity:

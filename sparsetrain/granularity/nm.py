@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from sparsetrain.granularity.base import Granularity, layer_list, register_granularity
+from sparsetrain.granularity.soft import WeightSoftMasks, _quantiles, spread
 
 
 def nm_group_view(weight_like: torch.Tensor, m: int) -> torch.Tensor:
@@ -105,3 +107,47 @@ class NM(Granularity):
         rank = order.argsort(dim=1)
         regrown = rank < lost
         return nm_ungroup(after_drop | regrown, active.shape)
+
+    def soft_masks(self, model: nn.Module, targets: dict[str, nn.Module], gain: float) -> NMSoftMasks:
+        return NMSoftMasks(model, targets, gain, self.n, self.m)
+
+
+class NMSoftMasks(WeightSoftMasks):
+    """PDP's soft mask per N:M group: t per group of m between its keep-th and (keep+1)-th largest magnitude,
+    τ relative to the median gap between them; every layer prunes the same fraction (the pattern fixes it)."""
+
+    per_entry, allocated = True, False
+
+    def __init__(self, model: nn.Module, targets: dict[str, nn.Module], gain: float, n: int, m: int) -> None:
+        super().__init__(model, targets, gain)
+        self.n, self.m = n, m
+
+    def keep(self, budget: float, fraction: float, numel: int) -> int:
+        return self.m - round((self.m - self.n) * fraction)  # per group of m
+
+    def threshold(self, magnitude: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        groups = nm_group_view(magnitude, self.m)
+        if keep >= self.m:
+            return torch.full_like(magnitude, -1.0), torch.ones_like(magnitude, dtype=torch.bool)
+        values, index = groups.sort(dim=1, descending=True, stable=True)
+        t = 0.5 * (values[:, keep - 1] + values[:, keep])
+        hard = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, index[:, :keep], True)
+        t_full = t.unsqueeze(1).expand_as(groups)
+        return nm_ungroup(t_full, magnitude.shape), nm_ungroup(hard, magnitude.shape)
+
+    def scale(self, magnitude: torch.Tensor, keep: int) -> float:
+        return nm_gap_spread(magnitude, self.m, keep)
+
+
+def nm_gap_spread(magnitude: torch.Tensor, m: int, keep: int) -> float:
+    """Median over the N:M groups of the gap between the smallest kept and the largest pruned w².
+
+    Each group's t² lies inside its own gap, so this is the scale that separates a group's kept weights from
+    its pruned ones; the spread of w² over the whole layer is several times larger.
+    """
+    if not 0 < keep < m:
+        return spread(magnitude**2)
+    values = nm_group_view(magnitude.float(), m).sort(dim=1, descending=True).values
+    gap = values[:, keep - 1] ** 2 - values[:, keep] ** 2
+    median = _quantiles(gap, (0.5,))[0]
+    return median if median > 0 else spread(magnitude**2)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from sparsetrain.granularity.base import Granularity, register_granularity
+from sparsetrain.granularity.soft import WeightSoftMasks
 
 
 @register_granularity("unstructured")
@@ -25,3 +27,7 @@ class Unstructured(Granularity):
         grown = torch.topk(grow_scores, n, largest=True).indices
         after_drop[grown] = True
         return after_drop.reshape(active.shape)
+
+    def soft_masks(self, model: nn.Module, targets: dict[str, nn.Module], gain: float) -> WeightSoftMasks:
+        """PDP's soft mask on every targeted weight."""
+        return WeightSoftMasks(model, targets, gain)

@@ -17,7 +17,9 @@ import torch
 import torchvision
 from torch import nn
 
-from sparsetrain.models import cifar_resnet, lenet, vgg  # noqa: F401  (registers the built-ins in timm)
+import sparsetrain.models.cifar_resnet  # noqa: F401  (these register the built-ins in timm)
+import sparsetrain.models.lenet  # noqa: F401
+import sparsetrain.models.vgg  # noqa: F401
 
 log = logging.getLogger(__name__)
 

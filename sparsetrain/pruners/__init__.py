@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from sparsetrain.pruners.base import Pruner, list_pruners, register_pruner
+from sparsetrain.pruner_keys import registry
+from sparsetrain.pruners.base import Pruner, register_pruner
 
 
 def discover() -> None:
@@ -19,10 +20,18 @@ def discover() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
+def list_pruners() -> dict[str, type[Pruner]]:
+    """Registered pruners by key (every module of this package imported first, so a new file is found)."""
+    discover()
+    return dict(registry)
+
+
 discover()
 
-from sparsetrain.pruners.granet import SET, GraNet, RigL  # noqa: E402  (public names, for `from ... import`)
+from sparsetrain.pruners.bip import BiP  # noqa: E402  (public names, for `from ... import`)
+from sparsetrain.pruners.granet import SET, GraNet, RigL  # noqa: E402
 from sparsetrain.pruners.imp import IMP  # noqa: E402
+from sparsetrain.pruners.lapp import LAPP  # noqa: E402
 from sparsetrain.pruners.magnitude import GMP, Magnitude  # noqa: E402
 from sparsetrain.pruners.pdp import PDP  # noqa: E402
 
@@ -35,4 +44,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["GMP", "IMP", "SET", "GraNet", "Magnitude", "PDP", "Pruner", "RigL", "list_pruners", "register_pruner"]
+__all__ = [
+    "GMP",
+    "IMP",
+    "LAPP",
+    "PDP",
+    "SET",
+    "BiP",
+    "GraNet",
+    "Magnitude",
+    "Pruner",
+    "RigL",
+    "list_pruners",
+    "register_pruner",
+]

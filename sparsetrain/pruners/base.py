@@ -2,7 +2,7 @@
 
     pruner.attach(model, total_steps, example_input)   # before the optimizer exists: masks, parametrizations
     pruner.on_fit_start(optimizer, schedulers, steps_per_epoch); run pruner.fit_steps(total_steps) steps of:
-        pruner.before_forward(step); loss = task_loss + (pruner.penalty() or 0); loss.backward()
+        pruner.before_forward(step); task_loss.backward(); pruner.penalty() (if any) backward, scaled likewise
         metrics = pruner.before_optimizer_step(step, optimizer)   # decide masks at events, mask gradients
         optimizer.step(); pruner.after_optimizer_step(step, optimizer)   # re-mask; a method's own optimizer
         pruner.on_validation({"val/acc": ...})        # whenever a validation ran
@@ -23,8 +23,9 @@ from torch import nn
 
 from sparsetrain.granularity import make_granularity
 from sparsetrain.masking import MaskSet
-from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, list_pruners, register_pruner, shared_key_doc
+from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, register_pruner, shared_key_doc
 from sparsetrain.schedules import SparsitySchedule, to_step
+from sparsetrain.slim import ChannelRemoval
 from sparsetrain.targets import select_targets
 
 STATE_VERSION = 1
@@ -98,7 +99,7 @@ class Pruner(ConfiguredPruner):
         return []  # trainable parameters the method owns (thresholds, scores); never in the user's optimizer
 
     def penalty(self) -> torch.Tensor | None:
-        return None  # a loss term added to the task loss of every training step (None: the method has none)
+        return None  # a loss term whose gradient joins the task loss's after each backward (None: there is none)
 
     def on_validation(self, metrics: dict[str, float]) -> None:
         """Validation results of the latest epoch (e.g. IMP records each round's accuracy)."""
@@ -118,6 +119,9 @@ class Pruner(ConfiguredPruner):
 
     def report(self) -> dict[str, Any]:
         return {}  # method-specific entries for results.json (e.g. IMP's rounds)
+
+    def removed_channels(self) -> list[ChannelRemoval]:
+        return []  # channels the method removed physically during training (LAPP's slimming), for the export
 
     def accounting(self, example_input: torch.Tensor | None) -> dict[str, Any] | None:
         return None  # the final model's params/FLOPs when masks do not describe it (LAPP: the slimmed network)
@@ -193,10 +197,16 @@ class Pruner(ConfiguredPruner):
         return self.masks.grown_fraction(before, self.weights)
 
     def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> dict:
-        """Settle a mask change (optimizer state, regrown weights at 0, re-mask) and report its churn."""
-        self.masks.settle(before, optimizer, enforce=self.masks_weights)
+        """Settle a mask change where the masks act on the weights (optimizer state, regrown weights at 0,
+        re-mask) and report it: its churn and the method's `event_metrics`."""
+        if self.masks_weights:
+            self.masks.settle(before, optimizer)
         self.last_churn = self.churn(before)
-        return {"mask/churn": self.last_churn}
+        return {"mask/churn": self.last_churn, **self.event_metrics()}
+
+    def event_metrics(self) -> dict[str, float]:
+        """A method's own values to log at each mask event (LAPP: its FLOPs ratio, budget and thresholds)."""
+        return {}
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -251,4 +261,4 @@ class Pruner(ConfiguredPruner):
         return self.granularity_strategy.metrics(self.masks) if self.masks is not None else {}
 
 
-__all__ = ["Pruner", "check_fraction", "list_pruners", "register_pruner"]
+__all__ = ["Pruner", "check_fraction", "register_pruner"]

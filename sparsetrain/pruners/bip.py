@@ -245,7 +245,7 @@ class BiP(Pruner):
 
     def _start(self) -> None:
         """Scores from the current weights, the first top-k, the parametrizations on."""
-        self._follow_device()
+        self.masks.follow_device(self._scores, self.score_optimizer)
         self._init_scores()
         self._project()
         self._set_enabled(True)
@@ -273,7 +273,7 @@ class BiP(Pruner):
         """Upper level's gradient from this step's (dense) ∇_z ℓ, then the lower level's: m ⊙ ∇_z ℓ."""
         metrics, self._pending_metrics = self._pending_metrics, {}
         if self.phase == BILEVEL and self.grads_finite():  # inf/NaN: no score step (scores would turn NaN)
-            self._follow_device()
+            self.masks.follow_device(self._scores, self.score_optimizer)
             self._score_gradients()
             self._grads_ready = any(s.grad is not None for s in self._scores)  # no gradient at all: no step
             into = step - self.warmup_step
@@ -348,20 +348,6 @@ class BiP(Pruner):
             for fqn, hard in self._hard.items():
                 mask = self.masks.mask(fqn)
                 hard.row_keep.copy_(mask.reshape(mask.shape[0], -1).amax(1))
-
-    def _follow_device(self) -> None:
-        """Move scores and their optimizer state to the weights' device (after a model `.to()`)."""
-        device = self.masks.param_list()[0].device
-        if self._scores[0].device == device:
-            return
-        for s in self._scores:
-            s.data = s.data.to(device)
-            if s.grad is not None:
-                s.grad = s.grad.to(device)
-        for state in self.score_optimizer.state.values():
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.ndim > 0:
-                    state[key] = value.to(device)
 
     def _mask_snapshot(self) -> dict[str, torch.Tensor]:
         return {fqn: self.masks.mask(fqn) != 0 for fqn in self.weights}

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+import sparsetrain.pruners.lapp_bypass as lapp_bypass
 from sparsetrain.accounting import module_flops
+from sparsetrain.granularity import channel_soft
 from sparsetrain.optim_surgery import carry_optimizer_state
-from sparsetrain.pruners import lapp_bypass, pdp_channel
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 from sparsetrain.slim import ChannelRemoval, find_removable_channels, remove_channels
@@ -144,7 +145,7 @@ class LAPP(Pruner):
         return SparsitySchedule(self.schedule_kind, 1.0 - self.max_flops_ratio, begin, self.end_step, every)
 
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        self._state = pdp_channel.install(self.model, self.groups, compute=self._masks)  # held here, not on the net
+        self._state = channel_soft.install(self.model, self.groups, compute=self._masks)  # held here, not on the net
 
     def on_attach(self) -> None:
         device = next(self.model.parameters()).device
@@ -200,7 +201,7 @@ class LAPP(Pruner):
         """Normalised channel scores per group: filter L2 norm over the group's mean."""
         out = []
         for group in self.groups:
-            norm = pdp_channel.group_scores(self.model, group).float().sqrt()
+            norm = channel_soft.group_scores(self.model, group).float().sqrt()
             out.append(norm / norm.mean().clamp_min(1e-12))
         return out
 
@@ -231,9 +232,11 @@ class LAPP(Pruner):
         return total / self.dense_flops
 
     def penalty(self) -> torch.Tensor | None:
+        """λ·|F(m)/F_dense − b(t)| at the masks of the last forward (recomputed from the same thresholds and
+        weights: the forward's own graph is spent by the task loss's backward)."""
         if self.slimmed or not self._state.current:
             return None
-        return self.flops_weight * (self.flops_ratio(self._state.current) - self._budget).abs()
+        return self.flops_weight * (self.flops_ratio(self._masks()) - self._budget).abs()
 
     # ------------------------------------------------------------------------------------------- training
     @property
@@ -243,7 +246,7 @@ class LAPP(Pruner):
     def before_forward(self, step: int) -> None:
         if self.slimmed:
             return
-        self._follow_device()
+        self.masks.follow_device([self.theta], self.threshold_optimizer)
         if step >= self.end_step:
             self.slim()
             return
@@ -282,25 +285,14 @@ class LAPP(Pruner):
         self._last = [float(self.flops_ratio(floats)), self._budget, float(self.flops_ratio(floats, bypass=True))]
         self.history.append([step, *self._last])
 
-    def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> dict:
-        self.last_churn = self.churn(before)
+    def event_metrics(self) -> dict[str, float]:
         ratio, budget, bypass = self._last
         return {
-            "mask/churn": self.last_churn,
             "flops/ratio": ratio,
             "flops/budget": budget,
             "flops/bypass_ratio": bypass,
             "lapp/threshold_mean": float(self.theta.detach().mean()),
         }
-
-    def _follow_device(self) -> None:
-        device = next(self.model.parameters()).device
-        if self.theta.device != device:
-            self.theta.data = self.theta.data.to(device)
-            for state in self.threshold_optimizer.state.values():
-                for k, v in state.items():
-                    if torch.is_tensor(v) and v.ndim:
-                        state[k] = v.to(device)
 
     # ------------------------------------------------------------------------------------------- slimming
     @torch.no_grad()
@@ -339,7 +331,7 @@ class LAPP(Pruner):
         removed = self._removed_entries(keeps)
         self.masks.remove()  # zeroes every entry of the dropped channels (producers, BN, consumers' inputs)
         self._state.enabled = False
-        pdp_channel.uninstall(self.model, self.groups, self._state)
+        channel_soft.uninstall(self.model, self.groups, self._state)
         wrapped = set(self.wrapped)
         before = {lapp_bypass.plain_name(n, wrapped) or f"<bypass>{n}": p for n, p in self.model.named_parameters()}
         lapp_bypass.fold_bypasses(self.model)
@@ -450,6 +442,9 @@ class LAPP(Pruner):
             "layers": layers,
         }
 
+    def removed_channels(self) -> list[ChannelRemoval]:
+        return list(self.removals)
+
     def report(self) -> dict[str, Any]:
         return {
             "lapp": {
@@ -493,7 +488,7 @@ class LAPP(Pruner):
             return
         self.masks.remove()
         self._state.enabled = False
-        pdp_channel.uninstall(self.model, self.groups, self._state)
+        channel_soft.uninstall(self.model, self.groups, self._state)
         lapp_bypass.fold_bypasses(self.model)
         self.removals = [ChannelRemoval.from_json(r) for r in state["removals"]]
         remove_channels(self.model, self.example.to(next(self.model.parameters()).device), self.removals)

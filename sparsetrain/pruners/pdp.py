@@ -6,46 +6,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from sparsetrain.allocation import erk_densities, global_keep_counts
-from sparsetrain.granularity import nm_group_view, nm_ungroup, normalize_group_scores, topk_mask
-from sparsetrain.pruners import pdp_channel
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 
 RAMPS = ("progress", "epsilon")
-_SORT_MAX = 1 << 22  # spreads of larger layers come from a strided subsample (a sort of 4M entries is cheap)
-
-
-class SoftMask(nn.Module):
-    """Parametrization w ↦ w·σ((w² − t²)/τ): the PDP soft mask, no trainable parameters.
-
-    `t2` is the squared threshold (a scalar, or weight-shaped for N:M where each group has its own), and
-    `inv_tau` is 1/τ at the nominal τ, already divided by the spread of the layer's scores when τ is
-    normalised; both are buffers, so they are checkpointed, refreshed without autograd by the pruner. `gain`
-    is the annealing factor τ/τ(step), a buffer that is not saved: the pruner keeps it in its own state, so
-    checkpoints written before annealing existed still load.
-    """
-
-    def __init__(self, shape: torch.Size, per_entry: bool = False) -> None:
-        super().__init__()
-        # N:M keeps one threshold per group, stored per entry: the buffer has its final shape from the start,
-        # so a checkpoint loads into a freshly built module (resume)
-        self.register_buffer("t2", torch.zeros(shape if per_entry else ()))
-        self.register_buffer("inv_tau", torch.ones(()))
-        self.register_buffer("gain", torch.ones(()), persistent=False)
-        self.enabled = False
-
-    def mask(self, w: torch.Tensor) -> torch.Tensor:
-        """m(w) at the current threshold and temperature."""
-        # (w² − t²)·inv_tau is O(1) before `gain` multiplies it: inv_tau·gain alone can overflow in fp16
-        return torch.sigmoid((w * w - self.t2) * self.inv_tau * self.gain)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return w
-        return w * self.mask(w)
 
 
 @register_pruner("pdp")
@@ -99,7 +64,7 @@ class PDP(Pruner):
     - `ramp=epsilon` counts threshold refreshes, not epochs: every period is in optimizer steps, so the
       ramp does not depend on how the data is cut into epochs.
     - N:M puts t per group of M between the N-th and (N+1)-th largest magnitudes; channel granularity uses
-      the coupled groups' filter norms as magnitudes (see `pdp_channel`), with budgets per group.
+      the coupled groups' filter norms as magnitudes (see `granularity.channel_soft`), with budgets per group.
 
     Args:
         sparsity: Final fraction of zeros over the targeted weights.
@@ -166,27 +131,12 @@ class PDP(Pruner):
         self.budgets: dict[str, float] | None = None
         self.hardened = False
         self._gain: float | None = 1.0  # the annealing factor the soft masks' `gain` buffers hold (they start at 1)
-        self._soft: dict[str, SoftMask] = {}
+        self.soft: Any = None  # the granularity's soft mask form (`soft_masks`), installed at attach
         self._report: dict[str, float] = {}  # metrics of this step's threshold refresh, logged by the callback
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        if self.granularity == "channel":
-            self._channel_state = pdp_channel.install(self.model, self.groups)
-            self._channel_state.gain = self._gain
-            return
-        for name, module in targets.items():
-            if not parametrize.is_parametrized(module, "weight"):
-                soft = SoftMask(module.weight.shape, per_entry=self.granularity == "nm")
-                parametrize.register_parametrization(module, "weight", soft)
-            self._soft[name] = module.parametrizations.weight[0]
-            self._soft[name].gain.fill_(self._gain)  # a reused parametrization holds another run's annealing
-
-    def _set_soft(self, enabled: bool) -> None:
-        for soft in self._soft.values():
-            soft.enabled = enabled
-        if self.granularity == "channel":
-            self._channel_state.enabled = enabled
+        self.soft = self.granularity_strategy.soft_masks(self.model, targets, self._gain)
 
     def build_schedule(self) -> SparsitySchedule:
         self.warmup_step = to_step(self.warmup, self.total_steps, "warmup")
@@ -227,10 +177,7 @@ class PDP(Pruner):
         if gain == self._gain:
             return
         self._gain = gain
-        for soft in self._soft.values():
-            soft.gain.fill_(gain)
-        if self.granularity == "channel":
-            self._channel_state.gain = gain
+        self.soft.set_gain(gain)
 
     @property
     def masks_weights(self) -> bool:
@@ -241,7 +188,7 @@ class PDP(Pruner):
             return
         if self.budgets is None:
             self.budgets = self._layer_budgets()
-            self._set_soft(True)
+            self.soft.set_enabled(True)
         self._set_gain(step)
         harden = step >= self.harden_step
         if not harden and (step - self.warmup_step) % self.threshold_every != 0:
@@ -268,97 +215,17 @@ class PDP(Pruner):
         if self.hardened:
             self.masks.apply_to_weights()
 
-    @torch.no_grad()
     def _layer_budgets(self) -> dict[str, float]:
-        """Per-layer target sparsities r_l, fixed at the end of warm-up."""
-        if self.granularity == "channel":
-            scores = [
-                normalize_group_scores(pdp_channel.group_scores(self.model, g).detach().float()) for g in self.groups
-            ]
-            if self.allocation == "uniform":
-                return {str(i): self.sparsity for i in range(len(self.groups))}
-            flat = torch.cat(scores)
-            chosen = topk_mask(flat, max(len(scores), round((1.0 - self.sparsity) * flat.numel())))
-            keep = [int(c.sum()) for c in torch.split(chosen, [g.size for g in self.groups])]
-            return {str(i): 1.0 - max(1, k) / g.size for i, (k, g) in enumerate(zip(keep, self.groups, strict=True))}
-        weights = {f: self.masks.params[f].detach().abs() for f in self.weights}
-        if self.granularity == "nm" or self.allocation == "uniform":
-            return dict.fromkeys(weights, self.sparsity)
-        if self.allocation == "erk":
-            return {
-                f: 1.0 - d for f, d in erk_densities({f: w.shape for f, w in weights.items()}, self.sparsity).items()
-            }
-        keep = global_keep_counts(weights, self.sparsity)
-        return {f: 1.0 - keep[f] / weights[f].numel() for f in weights}
+        """Per-unit target sparsities r_l (layers; channel groups), fixed at the end of warm-up."""
+        return self.soft.budgets(self.masks, self.weights, self.sparsity, self.allocation)
 
-    @torch.no_grad()
     def refresh_thresholds(self, fraction: float) -> None:
         """Recompute t² (and the hard-equivalent masks used for reporting) at `fraction` of the budgets."""
-        if self.granularity == "channel":
-            self._refresh_channel_thresholds(fraction)
-            return
-        for fqn, name in self.weights.items():
-            w = self.masks.params[fqn].detach()
-            soft = self._soft[name]
-            magnitude = w.abs().float()
-            if self.granularity == "nm":
-                keep = self.m - round((self.m - self.n) * fraction)
-                t, hard = self._nm_threshold(magnitude, keep)
-            else:
-                keep = round((1.0 - self.budgets[fqn] * fraction) * w.numel())
-                t, hard = self._threshold(magnitude, keep)
-            t = torch.as_tensor(t, dtype=w.dtype, device=w.device)
-            soft.t2 = torch.where(t < 0, torch.full_like(t, -1.0), t * t)  # t < 0: nothing pruned yet, m = 1
-            scale = 1.0
-            if self.tau_normalize:
-                scale = nm_gap_spread(magnitude, self.m, keep) if self.granularity == "nm" else spread(magnitude**2)
-            soft.inv_tau = torch.tensor(1.0 / (self.tau * max(scale, 1e-30)), dtype=w.dtype, device=w.device)
-            self.masks.set(fqn, hard)
-
-    @torch.no_grad()
-    def _refresh_channel_thresholds(self, fraction: float) -> None:
-        state = self._channel_state
-        new = {fqn: torch.ones_like(m) for fqn, m in self.masks.masks.items()}
-        for i, group in enumerate(self.groups):
-            s2 = pdp_channel.group_scores(self.model, group).detach().float()
-            keep = max(1, round((1.0 - self.budgets[str(i)] * fraction) * group.size))
-            t, hard = self._threshold(s2.sqrt(), keep)
-            # rounded to float32 as the scores are: the same values the thresholds had as float32 buffers
-            state.t2[i] = _f32(t * t if t > 0 else -1.0)
-            scale = spread(s2) if self.tau_normalize else 1.0
-            state.inv_tau[i] = _f32(1.0 / (self.tau * max(scale, 1e-30)))
-            group.expand(hard, new)
-        for fqn, mask in new.items():
-            self.masks.set(fqn, mask)
-
-    @staticmethod
-    def _threshold(magnitude: torch.Tensor, keep: int) -> tuple[float, torch.Tensor]:
-        """t halfway between the smallest kept and the largest pruned magnitude, and the exact top-k mask."""
-        n = magnitude.numel()
-        flat = magnitude.reshape(-1)
-        if keep >= n:
-            return -1.0, torch.ones_like(magnitude, dtype=torch.bool)
-        values, index = torch.topk(flat, keep + 1)
-        hard = torch.zeros(n, dtype=torch.bool, device=flat.device)
-        hard[index[:keep]] = True
-        t = 0.5 * float(values[keep - 1] + values[keep]) if keep > 0 else float(values[0]) * 1.0001
-        return t, hard.reshape(magnitude.shape)
-
-    def _nm_threshold(self, magnitude: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-        groups = nm_group_view(magnitude, self.m)
-        if keep >= self.m:
-            return torch.full_like(magnitude, -1.0), torch.ones_like(magnitude, dtype=torch.bool)
-        values, index = groups.sort(dim=1, descending=True, stable=True)
-        t = 0.5 * (values[:, keep - 1] + values[:, keep])
-        hard = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, index[:, :keep], True)
-        t_full = t.unsqueeze(1).expand_as(groups)
-        return nm_ungroup(t_full, magnitude.shape), nm_ungroup(hard, magnitude.shape)
+        self.soft.refresh(self.masks, self.weights, self.budgets, fraction, self.tau, self.tau_normalize)
 
     def soft_mask(self, name: str) -> torch.Tensor:
-        """The current soft mask m(w) of a targeted module (for tests and plots)."""
-        soft = self._soft[name]
-        w = self.masks.params[f"{name}.weight"].detach()
-        return soft.mask(w) if soft.enabled else torch.ones_like(w)
+        """The current soft mask m(w) of a targeted module (per-weight granularities; for tests and plots)."""
+        return self.soft.mask(self.masks, name)
 
     @torch.no_grad()
     def harden(self) -> None:
@@ -369,32 +236,15 @@ class PDP(Pruner):
         """
         if self.budgets is None:
             self.budgets = self._layer_budgets()
-        folded = self._soft_values()  # from the current thresholds, before they move to the full budget
-        channel = None
-        if self.granularity == "channel" and self._channel_state.enabled:
-            channel = pdp_channel.channel_masks(self.model, self.groups, self._channel_state)
+        folded = self.soft.capture_fold(self.masks, self.weights)  # the current masks, before the full budget
         self.refresh_thresholds(1.0)  # the hard masks, ranked on the raw weights
-        for fqn, value in folded.items():
-            self.masks.params[fqn].copy_(value)
-        if channel is not None:
-            pdp_channel.fold(self.model, self._channel_state, channel)
-        self._set_soft(False)
+        self.soft.fold(self.masks, folded)
+        self.soft.set_enabled(False)
         self.hardened = True
         self.masks.apply_to_weights()
         if getattr(self, "optimizer", None) is not None:
             self.masks.zero_optimizer_state(self.optimizer, {k: m == 0 for k, m in self.masks.masks.items()})
         self.events += 1
-
-    @torch.no_grad()
-    def _soft_values(self) -> dict[str, torch.Tensor]:
-        """w·m(w) of every soft-masked weight (empty outside the soft phase)."""
-        out = {}
-        for fqn, name in self.weights.items():
-            soft = self._soft.get(name)
-            if soft is not None and soft.enabled:
-                w = self.masks.params[fqn]
-                out[fqn] = w * soft.mask(w)
-        return out
 
     def on_fit_end(self) -> None:
         if not self.hardened:
@@ -406,11 +256,7 @@ class PDP(Pruner):
         self.masks.apply_to_weights()
         masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
         self.masks.remove()
-        if self.granularity == "channel":
-            pdp_channel.uninstall(self.model, self.groups, self._channel_state)
-        else:
-            for name in self.weights.values():
-                parametrize.remove_parametrizations(self.model.get_submodule(name), "weight", leave_parametrized=False)
+        self.soft.remove(self.weights)
         with torch.no_grad():
             for fqn, mask in masks.items():
                 self.model.get_parameter(fqn).mul_(mask)
@@ -419,17 +265,18 @@ class PDP(Pruner):
     def extra_state(self) -> dict[str, Any]:
         # the annealing factor too: a run resumed after its last step hardens (folds) without another forward
         state = {"budgets": self.budgets, "hardened": self.hardened, "gain": self._gain}
-        if self.granularity == "channel":
-            state["channel"] = self._channel_state.state_dict()  # the groups' thresholds (not in the network)
+        own = self.soft.state_dict()  # channel groups' thresholds (the per-weight ones are network buffers)
+        if own is not None:
+            state["soft_masks"] = own
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.budgets = state.get("budgets")
-        if self.granularity == "channel" and "channel" in state:
-            # (older checkpoints hold them in the network's state_dict, read by `pdp_channel`'s load hook)
-            self._channel_state.load_state_dict(state["channel"])
+        own = state.get("soft_masks", state.get("channel"))  # (`channel`: checkpoints of an earlier version)
+        if own is not None:  # (older still hold them in the network's state_dict: `channel_soft`'s load hook)
+            self.soft.load_state_dict(own)
         self.hardened = state.get("hardened", False)
-        self._set_soft(self.budgets is not None and not self.hardened)
+        self.soft.set_enabled(self.budgets is not None and not self.hardened)
         self._gain = None  # the buffers of a fresh model hold 1: fill them whatever the cache says
         self._fill_gain(state.get("gain", 1.0))
 
@@ -445,46 +292,4 @@ class PDP(Pruner):
         }
 
 
-def _f32(value: float) -> float:
-    """`value` rounded to float32."""
-    return float(torch.tensor(value, dtype=torch.float32))
-
-
-def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
-    """Nearest-rank quantiles by one sort (no `kthvalue`, slow on GPU; no `torch.quantile`, capped at 16M).
-
-    Above `_SORT_MAX` entries a strided subsample is sorted; the stride is odd, so it still visits every
-    column of a power-of-two wide layer.
-    """
-    flat = values.detach().reshape(-1).float()
-    if flat.numel() > _SORT_MAX:
-        flat = flat[:: -(-flat.numel() // _SORT_MAX) | 1]
-    ordered = flat.sort().values
-    last = ordered.numel() - 1
-    return ordered[[round(q * last) for q in qs]].tolist()
-
-
-def spread(scores: torch.Tensor) -> float:
-    """Interquartile range of the scores a threshold is compared with; their mean where that is 0.
-
-    Robust: a few very large weights, which set the standard deviation of w², do not set the temperature.
-    """
-    lo, hi = _quantiles(scores, (0.25, 0.75))
-    return hi - lo if hi > lo else float(scores.float().mean())
-
-
-def nm_gap_spread(magnitude: torch.Tensor, m: int, keep: int) -> float:
-    """Median over the N:M groups of the gap between the smallest kept and the largest pruned w².
-
-    Each group's t² lies inside its own gap, so this is the scale that separates a group's kept weights from
-    its pruned ones; the spread of w² over the whole layer is several times larger.
-    """
-    if not 0 < keep < m:
-        return spread(magnitude**2)
-    values = nm_group_view(magnitude.float(), m).sort(dim=1, descending=True).values
-    gap = values[:, keep - 1] ** 2 - values[:, keep] ** 2
-    median = _quantiles(gap, (0.5,))[0]
-    return median if median > 0 else spread(magnitude**2)
-
-
-__all__ = ["PDP", "SoftMask"]
+__all__ = ["PDP"]

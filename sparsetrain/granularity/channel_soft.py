@@ -1,4 +1,5 @@
-"""PDP's soft mask for coupled channel groups (filter norms as magnitudes).
+"""Channel masks in the forward: PDP's soft mask for coupled channel groups (filter norms as magnitudes), and
+any method's own per-channel masks (LAPP's straight-through thresholds) through the same hook.
 
 Each group's channel score is the mean squared weight of its coupled producer filters, s_c², computed in
 every forward pass *with* autograd (a forward pre-hook on the network), so gradients reach every filter
@@ -17,14 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsetrain.granularity import ChannelGroup, ParamSlice
+from sparsetrain.granularity.base import topk_mask
+from sparsetrain.granularity.channel_groups import ChannelGroup, ParamSlice, normalize_group_scores
+from sparsetrain.granularity.soft import spread, threshold_between
 from sparsetrain.masking import resolve
+
+if TYPE_CHECKING:
+    from sparsetrain.masking import MaskSet
 
 
 class ChannelMaskState:
@@ -180,3 +186,75 @@ def uninstall(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskSt
             owner = model.get_submodule(owner_name)
             if parametrize.is_parametrized(owner, pname):
                 parametrize.remove_parametrizations(owner, pname, leave_parametrized=False)
+
+
+class ChannelSoftMasks:
+    """PDP's soft mask per channel of every coupled group, m_c = σ((s_c² − t²)/τ) with s_c² the mean squared
+    producer-filter weight; the same surface as `WeightSoftMasks`, budgets and thresholds per group."""
+
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup], gain: float) -> None:
+        self.model, self.groups = model, groups
+        self.state = install(model, groups)
+        self.state.gain = gain
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.state.enabled = enabled
+
+    def set_gain(self, gain: float) -> None:
+        self.state.gain = gain
+
+    @torch.no_grad()
+    def budgets(self, masks: MaskSet, weights: dict[str, str], sparsity: float, allocation: str) -> dict[str, float]:
+        """Per-group channel sparsities: uniform, or from one ranking of the normalised scores across groups."""
+        if allocation == "uniform":
+            return {str(i): sparsity for i in range(len(self.groups))}
+        scores = [normalize_group_scores(group_scores(self.model, g).detach().float()) for g in self.groups]
+        flat = torch.cat(scores)
+        chosen = topk_mask(flat, max(len(scores), round((1.0 - sparsity) * flat.numel())))
+        keep = [int(c.sum()) for c in torch.split(chosen, [g.size for g in self.groups])]
+        return {str(i): 1.0 - max(1, k) / g.size for i, (k, g) in enumerate(zip(keep, self.groups, strict=True))}
+
+    @torch.no_grad()
+    def refresh(
+        self, masks: MaskSet, weights: dict[str, str], budgets: dict[str, float], fraction: float, tau: float,
+        normalize: bool,
+    ) -> None:  # fmt: skip
+        state = self.state
+        new = {fqn: torch.ones_like(m) for fqn, m in masks.masks.items()}
+        for i, group in enumerate(self.groups):
+            s2 = group_scores(self.model, group).detach().float()
+            keep = max(1, round((1.0 - budgets[str(i)] * fraction) * group.size))
+            t, hard = threshold_between(s2.sqrt(), keep)
+            # rounded to float32 as the scores are: the same values the thresholds had as float32 buffers
+            state.t2[i] = _f32(t * t if t > 0 else -1.0)
+            scale = spread(s2) if normalize else 1.0
+            state.inv_tau[i] = _f32(1.0 / (tau * max(scale, 1e-30)))
+            group.expand(hard, new)
+        for fqn, mask in new.items():
+            masks.set(fqn, mask)
+
+    def current(self) -> list[torch.Tensor]:
+        """This forward's channel masks per group (empty outside the soft phase)."""
+        return self.state.current
+
+    def capture_fold(self, masks: MaskSet, weights: dict[str, str]) -> list[torch.Tensor] | None:
+        """The channel masks the next forward would apply, taken before the hard thresholds."""
+        return channel_masks(self.model, self.groups, self.state) if self.state.enabled else None
+
+    def fold(self, masks: MaskSet, captured: list[torch.Tensor] | None) -> None:
+        if captured is not None:
+            fold(self.model, self.state, captured)
+
+    def remove(self, weights: dict[str, str]) -> None:
+        uninstall(self.model, self.groups, self.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()  # the groups' thresholds (not in the network)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.load_state_dict(state)
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to float32."""
+    return float(torch.tensor(value, dtype=torch.float32))
