@@ -89,6 +89,7 @@ class SparsityCallback(pl.Callback):
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
         self._hook = None
+        self._warned_manual = False
         self._fit_steps: int | None = None
         self._dead: set[str] = set()
 
@@ -124,14 +125,17 @@ class SparsityCallback(pl.Callback):
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The gradient of the pruner's loss term (`penalty()`), added after each backward of the task loss and
         scaled as Lightning scaled that loss: divided by the accumulation, times the AMP scaler's scale."""
-        term = self.pruner.penalty()
-        if term is None:
+        if not pl_module.automatic_optimization:
+            if type(self.pruner).penalty is not Pruner.penalty and not self._warned_manual:
+                rank_zero_warn(f"{type(self.pruner).__name__}'s loss term is added under automatic optimization only")
+                self._warned_manual = True
             return
-        factor = 1.0 / trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1.0
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None:
-            factor *= float(scaler.get_scale())
-        (term * factor).backward()
+        term = self.pruner.penalty()
+        if term is None or not term.requires_grad:
+            return
+        term = term / trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP: the loss's own scaling, no host sync
+        (scaler.scale(term) if scaler is not None else term).backward()
 
     def _before_model_load(self, pl_module: pl.LightningModule) -> None:
         """Show the pruner a resumed checkpoint's state before its weights load: a method that changed the

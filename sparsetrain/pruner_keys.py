@@ -10,6 +10,7 @@ import functools
 import inspect
 import math
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,6 +52,12 @@ shared_key_doc = """Shared keys (constructor keywords = YAML keys = `pruner.<key
     keep_first_last: Keep the first conv and the classifier dense.
     seed: Seed of the pruner's own random generator (identical on every DDP rank).
 """
+
+
+def known_granularities() -> tuple[str, ...]:
+    """The package's granularities and any registered elsewhere since (`register_granularity` in a user's file)."""
+    registered = getattr(sys.modules.get("sparsetrain.granularity.base"), "REGISTRY", {})
+    return GRANULARITIES + tuple(sorted(set(registered) - set(GRANULARITIES)))
 
 
 def implied_sparsity(granularity: str, n: Any, m: Any) -> float | None:
@@ -112,12 +119,15 @@ class SharedKeys:
         begin = d["begin"] if begin is None else begin
         end = d["end"] if end is None else end
         update_every = d["update_every"] if update_every is None else update_every
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"pruner.granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+        known = known_granularities()
+        if granularity not in known:
+            raise ValueError(f"pruner.granularity must be one of {', '.join(known)}; got {granularity!r}")
         defined = getattr(type(self), "granularities", GRANULARITIES)
+        defined = known if defined is GRANULARITIES else defined  # a method that lists none takes any, new ones too
         if granularity not in defined:  # before the other keys: their advice may assume this granularity
             what = " or ".join(GRANULARITY_NOUNS.get(g, g) for g in defined)
-            others = sorted(k for k, cls in registry.items() if granularity in getattr(cls, "granularities", ()))
+            lists = {k: getattr(cls, "granularities", GRANULARITIES) for k, cls in registry.items()}
+            others = sorted(k for k, g in lists.items() if granularity in (known if g is GRANULARITIES else g))
             raise ValueError(
                 f"{type(self).__name__} prunes {what} only: granularity={granularity} is not defined for it "
                 f"(pruner.granularity: {', '.join(defined)}; methods for {granularity}: {', '.join(others)})"

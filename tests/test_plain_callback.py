@@ -223,12 +223,10 @@ def test_pdp_channel_thresholds_are_pruner_state_and_a_sequential_resumes_exactl
     }
     assert network == plain
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SparsityCallback"))["pruner"]
-    t2, inv_tau = state["soft_masks"]["t2"], state["soft_masks"]["inv_tau"]
+    t2, inv_tau = state["channel"]["t2"], state["channel"]["inv_tau"]
     assert len(t2) == len(inv_tau) > 0 and all(t > 0 for t in t2) and all(i != 1.0 for i in inv_tau)
-    state["channel"] = state.pop("soft_masks")  # as an earlier version wrote them: still read
-    torch.save(ckpt, tmp_path / "killed" / "earlier.ckpt")
     pruner = channel_pdp()
-    resumed = fit_sequential(pruner, tmp_path / "resumed", ckpt_path=tmp_path / "killed" / "earlier.ckpt")
+    resumed = fit_sequential(pruner, tmp_path / "resumed", ckpt_path=tmp_path / "killed" / "last.ckpt")
     assert pruner.hardened
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()

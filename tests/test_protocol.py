@@ -129,10 +129,17 @@ class Threshold(Pruner):
 
 def test_a_loss_term_and_owned_parameters_pass_through_the_callback():
     pruner = Threshold(sparsity=0.5, update_every=2)
-    module = fit(SparsityCallback(pruner))
-    assert "training_step" not in module.__dict__  # the module's own training_step again after fit
+    fit(SparsityCallback(pruner))
     assert pruner.steps == 12
-    assert 2.0 < float(pruner.t) < 3.0  # 12 steps of SGD on (t - 3)^2 from 1.0: 1 + 2·(1 − 0.8^12) ≈ 2.86
+    assert float(pruner.t) == pytest.approx(1 + 2 * (1 - 0.8**12), rel=1e-5)  # 12 SGD steps on (t − 3)² from 1
+
+
+def test_a_loss_term_is_scaled_like_the_loss_under_gradient_accumulation():
+    """Two micro-batches per optimizer step: each adds half the term's gradient, as Lightning halves the loss."""
+    pruner = Threshold(sparsity=0.5, update_every=2)
+    fit(SparsityCallback(pruner), accumulate_grad_batches=2)
+    assert pruner.steps == 6
+    assert float(pruner.t) == pytest.approx(1 + 2 * (1 - 0.8**6), rel=1e-5)  # not 0.6**6: counted once per step
 
 
 def test_owned_parameters_in_the_training_optimizer_are_refused():

@@ -31,3 +31,6 @@ for seed in ${SEEDS:-0 1}; do
       pruner.sparsity=0.90 pruner.warmup=0 "init_from=$dense" trainer.max_epochs=8
   fi
 done
+# the schedule screen (seed 0, 95 %): bi-level from 30 % to 80 % of the steps, then 20 % fine-tuning with the mask fixed
+experiments/accuracy/run.sh bip_rel_w30ft20_s95_seed0 seed=0 +pruner=bip pruner.sparsity=0.95 pruner.warmup=0.3 \
+  pruner.finetune=0.2

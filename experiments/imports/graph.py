@@ -4,8 +4,9 @@ circles, and a drawing.
     python -m experiments.imports.graph                 # circles in the working tree, plots/imports_<rev>.png
     python -m experiments.imports.graph --rev <commit>  # the same for a commit (read with `git show`)
 
-An edge a → b means module a imports b (`from b import x` and `import b.c` count b; a package is its
-`__init__`). A circle is a strongly connected component of more than one module.
+An edge a → b means module a names b in an import (`from b import x` counts b, and b.x when that is a module;
+`import b.c` counts b.c; a package is its `__init__`; the parent packages Python initialises first are not
+counted). A circle is a strongly connected component of more than one module.
 """
 
 from __future__ import annotations

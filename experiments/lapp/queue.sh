@@ -18,3 +18,10 @@ for seed in ${SEEDS:-0}; do
   $R lapp_mk25_f40_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.4 pruner.min_keep=0.25
   $R gmpch_f40_seed$seed seed=$seed +pruner=gmp pruner.granularity=channel pruner.allocation=uniform pruner.sparsity=0.46
 done
+# a higher floor (the default now): every group keeps at least half of its channels; seed 0 then seed 1
+for seed in ${SEEDS_MK50:-0 1}; do
+  $R lapp_mk50_f50_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.5 pruner.min_keep=0.5
+  $R gmpch_f50_seed$seed seed=$seed +pruner=gmp pruner.granularity=channel pruner.allocation=uniform pruner.sparsity=0.36
+  $R lapp_mk50_f40_seed$seed seed=$seed +pruner=lapp pruner.max_flops_ratio=0.4 pruner.min_keep=0.5
+  $R gmpch_f40_seed$seed seed=$seed +pruner=gmp pruner.granularity=channel pruner.allocation=uniform pruner.sparsity=0.46
+done

@@ -11,7 +11,7 @@ times the spread of the group's s_c² (see `PDP`): `inv_tau[i]` holds 1/(τ·spr
 
 The network gets only the parametrizations and one pre-forward hook, never a module of ours: a child
 registered on a user's `nn.Sequential` would become one of its layers. The thresholds live in a
-`ChannelMaskState` the pruner holds and saves in its own state.
+`ChannelMaskState` that `ChannelSoftMasks` (PDP) or the method itself (LAPP) holds, saved in the pruner's state.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@
     pruner.on_fit_end(); pruner.finalize()             # hard masks folded in: the plain architecture
 
 A method is one file: a `Pruner` subclass with `@register_pruner("key")`, overriding what it needs (trainable
-parameters of its own come from `extra_parameters()` and are stepped by the method). Granularity is a
-strategy (`sparsetrain.granularity`) every method calls through `prune_to`.
+parameters of its own come from `extra_parameters()` and are stepped by the method). What depends on the grain
+(top-k, expansion, mask forms, regrowth) belongs to the granularity (`sparsetrain.granularity`): `prune_to`, or
+its `decide`/`apply`, `soft_masks`, `swap` for methods holding their own scores, soft masks or regrowth.
 """
 
 from __future__ import annotations
@@ -197,12 +198,14 @@ class Pruner(ConfiguredPruner):
         return self.masks.grown_fraction(before, self.weights)
 
     def _after_update(self, before: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None) -> dict:
-        """Settle a mask change where the masks act on the weights (optimizer state, regrown weights at 0,
-        re-mask) and report it: its churn and the method's `event_metrics`."""
-        if self.masks_weights:
-            self.masks.settle(before, optimizer)
+        """Settle a mask change (optimizer state, regrown weights at 0, re-mask where the masks act on the
+        weights) and report it: its churn and the method's `event_metrics`."""
+        if self.settles_events:
+            self.masks.settle(before, optimizer, enforce=self.masks_weights)
         self.last_churn = self.churn(before)
         return {"mask/churn": self.last_churn, **self.event_metrics()}
+
+    settles_events = True  # False: the masks only report the method's own decisions (LAPP), nothing to settle
 
     def event_metrics(self) -> dict[str, float]:
         """A method's own values to log at each mask event (LAPP: its FLOPs ratio, budget and thresholds)."""

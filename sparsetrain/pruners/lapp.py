@@ -66,6 +66,7 @@ class LAPP(Pruner):
     """
 
     unused_keys = ("sparsity", "n", "m", "allocation")
+    settles_events = False  # its masks report the thresholds' decisions; the forward applies its own
     granularities = ("channel",)
     defaults = {**Pruner.defaults, "begin": 0.0, "end": 0.3, "update_every": 10}
 
@@ -174,7 +175,15 @@ class LAPP(Pruner):
         self._other_flops = max(0.0, self.dense_flops - (layers_total - bypass))
         self._sizes = [g.size for g in self.groups]
         self._floors = self._floors_for(self.min_keep)  # channels always kept
-        if self.min_keep > 0 and self._floor_ratio(self._floors) > self.max_flops_ratio + 1e-9:
+        self.floor_used = self.min_keep
+        if self._floor_ratio(self._floors_for(0.0)) > self.max_flops_ratio + 1e-9:
+            warnings.warn(
+                f"LAPP: one channel per coupled group already keeps {self._floor_ratio(self._floors_for(0.0)):.3f} "
+                f"of the dense FLOPs, above max_flops_ratio={self.max_flops_ratio:g}: the budget cannot be met",
+                stacklevel=3,
+            )
+            self.floor_used, self._floors = 0.0, self._floors_for(0.0)
+        elif self.min_keep > 0 and self._floor_ratio(self._floors) > self.max_flops_ratio + 1e-9:
             # the budget is the constraint, the floor a preference: the highest floor that fits
             low, high = 0.0, self.min_keep
             for _ in range(30):
@@ -184,9 +193,9 @@ class LAPP(Pruner):
             warnings.warn(
                 f"LAPP: min_keep={self.min_keep:g} keeps {self._floor_ratio(self._floors):.3f} of the dense FLOPs, "
                 f"above max_flops_ratio={self.max_flops_ratio:g}; this network's floor is lowered to {low:.3f}",
-                stacklevel=2,
+                stacklevel=3,
             )
-            self._floors = self._floors_for(low)
+            self.floor_used, self._floors = low, self._floors_for(low)
 
     def _floors_for(self, keep: float) -> list[int]:
         """Channels kept per group by a floor of `keep` (at least one: the network stays connected)."""
@@ -205,10 +214,12 @@ class LAPP(Pruner):
             out.append(norm / norm.mean().clamp_min(1e-12))
         return out
 
-    def _masks(self) -> list[torch.Tensor]:
+    def _masks(self, scores: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """This forward's channel masks: hard values, straight-through sigmoid gradients on the thresholds."""
+        if scores is None:
+            scores = self._forward_scores = self.scores()  # kept for `penalty` (same weights until the step)
         masks = []
-        for gi, s in enumerate(self.scores()):
+        for gi, s in enumerate(scores):
             theta = self.theta.to(s.device)  # differentiable: the gradient reaches the parameter
             hard = (s >= theta[gi]).float()
             hard[s.topk(self._floors[gi]).indices] = 1.0  # the floor (at least one channel: the net stays connected)
@@ -232,11 +243,11 @@ class LAPP(Pruner):
         return total / self.dense_flops
 
     def penalty(self) -> torch.Tensor | None:
-        """λ·|F(m)/F_dense − b(t)| at the masks of the last forward (recomputed from the same thresholds and
-        weights: the forward's own graph is spent by the task loss's backward)."""
+        """λ·|F(m)/F_dense − b(t)| at the masks of the last forward (their sigmoid recomputed from the forward's
+        scores and the same thresholds: the forward's own graph is spent by the task loss's backward)."""
         if self.slimmed or not self._state.current:
             return None
-        return self.flops_weight * (self.flops_ratio(self._masks()) - self._budget).abs()
+        return self.flops_weight * (self.flops_ratio(self._masks(self._forward_scores)) - self._budget).abs()
 
     # ------------------------------------------------------------------------------------------- training
     @property
@@ -449,6 +460,7 @@ class LAPP(Pruner):
         return {
             "lapp": {
                 "max_flops_ratio": self.max_flops_ratio,
+                "min_keep_used": getattr(self, "floor_used", self.min_keep),  # the floor in effect (lowered to fit)
                 "flops_ratio": self.final["flops"] / self.dense_flops if self.final else None,
                 "slimmed_at_step": self.end_step,
                 "layer_channel_pruning": self.final.get("rates", {}),

@@ -267,13 +267,13 @@ class PDP(Pruner):
         state = {"budgets": self.budgets, "hardened": self.hardened, "gain": self._gain}
         own = self.soft.state_dict()  # channel groups' thresholds (the per-weight ones are network buffers)
         if own is not None:
-            state["soft_masks"] = own
+            state["channel"] = own
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.budgets = state.get("budgets")
-        own = state.get("soft_masks", state.get("channel"))  # (`channel`: checkpoints of an earlier version)
-        if own is not None:  # (older still hold them in the network's state_dict: `channel_soft`'s load hook)
+        own = state.get("channel")
+        if own is not None:  # (older checkpoints hold them in the network's state_dict: `channel_soft`'s load hook)
             self.soft.load_state_dict(own)
         self.hardened = state.get("hardened", False)
         self.soft.set_enabled(self.budgets is not None and not self.hardened)
