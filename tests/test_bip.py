@@ -26,6 +26,7 @@ def attached(model: nn.Module, steps: int = 20, example=X_MLP, lr: float = 0.05,
     """A BiP pruner on `model` with its weight optimizer (SGD, momentum, weight decay), fit started."""
     kw.setdefault("sparsity", 0.5)
     kw.setdefault("warmup", 0.0)
+    kw.setdefault("finetune", 0.0)
     pruner = BiP(**kw)
     pruner.attach(model, steps, example)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -487,7 +488,8 @@ def test_registered_and_described_with_every_key():
 
     assert list_pruners()["bip"] is BiP
     described = BiP(sparsity=0.9).describe()
-    assert described["gamma"] == 1.0 and described["score_lr"] == 0.1 and described["warmup"] == 0.5
+    assert described["gamma"] == 1.0 and described["score_lr"] == 0.1
+    assert described["warmup"] == 0.3 and described["finetune"] == 0.2
 
 
 # ------------------------------------------------------------------------------------------- the mask moves

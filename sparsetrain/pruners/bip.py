@@ -139,8 +139,11 @@ class BiP(Pruner):
         score_weight_decay: Weight decay of the score optimizer (released code: 1e-4).
         score_lr_schedule: `step` (×0.1 at 50 %, ×0.01 at 75 % of the bi-level phase) or `constant`.
         score_init: `magnitude` (s = |w|, the weights' scale) or `normalized` (|w| / max|w|).
-        warmup: Dense training before the bi-level phase, fraction of all optimizer steps.
-        finetune: Final phase with the mask fixed (weights only), fraction of all optimizer steps.
+        warmup: Dense training before the bi-level phase, fraction of all optimizer steps (default 0.3).
+        finetune: Final phase with the mask fixed (weights only), fraction of all optimizer steps (default 0.2:
+            in one 3-epoch run on the shared protocol, dense 30 % / bi-level 50 % / fine-tune 20 % reached val
+            acc 0.9143 / 0.9062 at 90 / 95 % against 0.9125 / 0.9038 for dense 50 % / bi-level 50 %, seed 0;
+            `experiments/bip`).
         **common: Shared pruner keys (granularity, n, m, allocation, include, exclude, keep_first_last, seed).
     """
 
@@ -156,8 +159,8 @@ class BiP(Pruner):
         score_weight_decay: float = 1e-4,
         score_lr_schedule: str = "step",
         score_init: str = "magnitude",
-        warmup: float = 0.5,
-        finetune: float = 0.0,
+        warmup: float = 0.3,
+        finetune: float = 0.2,
         **common: Any,
     ) -> None:
         common.setdefault("keep_first_last", False)  # the released code ranks every layer
