@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUNS=experiments/bip/runs
 for seed in ${SEEDS:-0 1}; do
-  for s in 90 95; do
-    experiments/accuracy/run.sh "bip_rel_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}"
+  for s in 90 95; do  # the earlier default schedule: dense 50 %, bi-level 50 %
+    experiments/accuracy/run.sh "bip_rel_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}" \
+      pruner.warmup=0.5 pruner.finetune=0
   done
   dense=$RUNS/dense_seed${seed}
   if [ ! -f "$dense/results.json" ]; then
@@ -23,14 +24,18 @@ for seed in ${SEEDS:-0 1}; do
   fi
   for s in 90 95; do
     experiments/accuracy/run.sh "bip_rel_init_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}" \
-      pruner.warmup=0 "init_from=$dense"
+      pruner.warmup=0 pruner.finetune=0 "init_from=$dense"
   done
   # IMP's budget divided by 3 at 90 % (13893 / 3 = 4631 steps): the dense 1263 + 8 bi-level epochs (3368 steps)
   if [ "$seed" = 0 ]; then
     experiments/accuracy/run.sh "bip_rel_init8ep_s90_seed${seed}" "seed=${seed}" +pruner=bip \
-      pruner.sparsity=0.90 pruner.warmup=0 "init_from=$dense" trainer.max_epochs=8
+      pruner.sparsity=0.90 pruner.warmup=0 pruner.finetune=0 "init_from=$dense" trainer.max_epochs=8
   fi
 done
-# the schedule screen (seed 0, 95 %): bi-level from 30 % to 80 % of the steps, then 20 % fine-tuning with the mask fixed
-experiments/accuracy/run.sh bip_rel_w30ft20_s95_seed0 seed=0 +pruner=bip pruner.sparsity=0.95 pruner.warmup=0.3 \
-  pruner.finetune=0.2
+# the schedule that is the default now: dense 30 %, bi-level to 80 % of the steps, then 20 % fine-tuning on a fixed mask
+for seed in ${SEEDS:-0 1}; do
+  for s in 95 90; do
+    experiments/accuracy/run.sh "bip_rel_w30ft20_s${s}_seed${seed}" "seed=${seed}" +pruner=bip "pruner.sparsity=0.${s}" \
+      pruner.warmup=0.3 pruner.finetune=0.2
+  done
+done
