@@ -11,7 +11,7 @@ re-masked after it, so momentum, weight decay and Adam moments can never revive 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -202,6 +202,16 @@ class MaskSet:
         for owner, _, bname in self._slots:
             del owner._buffers[bname]
         self.fqns, self._slots, self._index = [], [], {}
+
+    @torch.no_grad()
+    def remove_with(self, unparametrize: Callable[[], None]) -> None:
+        """`remove` where a method's parametrizations sit on the masked parameters: the masks are folded into
+        the raw weights again once `unparametrize` has taken the parametrizations off (keeping the originals)."""
+        masks = {fqn: m.clone() for fqn, m in self.masks.items()}
+        self.remove()
+        unparametrize()
+        for fqn, mask in masks.items():
+            self.model.get_parameter(fqn).mul_(mask)
 
 
 def find_mask_buffers(model: nn.Module) -> list[str]:

@@ -214,12 +214,7 @@ class SoftToy(Pruner):
         self.masks.apply_to_weights()
 
     def finalize(self):
-        masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
-        self.masks.remove()
-        self.soft.remove(self.weights)
-        with torch.no_grad():
-            for fqn, mask in masks.items():
-                self.model.get_parameter(fqn).mul_(mask)
+        self.masks.remove_with(lambda: self.soft.remove(self.weights))
 
 
 class BiLevelToy(Pruner):

@@ -376,15 +376,13 @@ class BiP(Pruner):
         """Fold the last top-k of the trained scores into the weights; remove buffers and parametrizations."""
         if self.phase != DONE:
             self.on_fit_end()
-        masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
-        self.masks.remove()
+        self.masks.remove_with(self._remove_hard_masks)
+        self._hard = {}
+
+    def _remove_hard_masks(self) -> None:
         for fqn in self._hard:
             owner_name, _, pname = fqn.rpartition(".")
             parametrize.remove_parametrizations(self.model.get_submodule(owner_name), pname, leave_parametrized=False)
-        self._hard = {}
-        with torch.no_grad():
-            for fqn, mask in masks.items():
-                self.model.get_parameter(fqn).mul_(mask)
 
     def report(self) -> dict[str, Any]:
         return {"score_steps": self.score_steps, "warmup_step": self.warmup_step, "finetune_step": self.finetune_step}

@@ -253,13 +253,7 @@ class PDP(Pruner):
     def finalize(self) -> None:
         if not self.hardened:
             self.harden()
-        self.masks.apply_to_weights()
-        masks = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
-        self.masks.remove()
-        self.soft.remove(self.weights)
-        with torch.no_grad():
-            for fqn, mask in masks.items():
-                self.model.get_parameter(fqn).mul_(mask)
+        self.masks.remove_with(lambda: self.soft.remove(self.weights))
 
     # ------------------------------------------------------------------------------------------- state
     def extra_state(self) -> dict[str, Any]:
