@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -88,6 +88,7 @@ class SparsityCallback(pl.Callback):
         self.network: nn.Module | None = None
         self.flops: tuple[int, dict[str, int]] | None = None
         self.summary: dict[str, Any] | None = None
+        self._example: torch.Tensor | None = None
         self._hook = None
         self._warned_manual = False
         self._fit_steps: int | None = None
@@ -102,24 +103,60 @@ class SparsityCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or self.pruner.masks is not None:
             return
-        _, self.network = find_network(pl_module)
+        _, network = find_network(pl_module)
         total = trainer.estimated_stepping_batches  # also loads the train dataloader
         if total == float("inf"):
             raise ValueError(
                 "SparsityCallback needs a finite training budget (schedules are fractions of all optimizer steps): "
                 "set max_epochs or max_steps on the Trainer"
             )
-        total = int(total)
         given = self.example_input
-        self._example = given[:1].detach().cpu() if given is not None else example_input(trainer, pl_module)
-        self.pruner.attach(self.network, total, self._example)
+        self.attach(network, int(total), given[:1].detach().cpu() if given is not None else None, trainer)
         self._before_model_load(pl_module)
         if self.pruner.skipped:
             rank_zero_warn(left_dense_text(self.pruner.skipped, self.pruner.granularity))
         rank_zero_info(
             f"sparsetrain: {type(self.pruner).__name__} on {len(self.pruner.targets)} layers, "
-            f"{self.pruner.target_text()}, {total} optimizer steps"
+            f"{self.pruner.target_text()}, {int(total)} optimizer steps"
         )
+
+    def attach(
+        self, network: nn.Module, total_steps: int, example: torch.Tensor | None, trainer: pl.Trainer | None = None
+    ) -> None:
+        """The pruner's masks on `network` (`setup` in a fit; `sparsetrain.restore` outside one)."""
+        self.network = network
+        if example is None and trainer is not None:
+            example = example_input(trainer, trainer.lightning_module)
+        self._example = example
+        self.pruner.attach(network, total_steps, example)
+
+    def restore(self, checkpoint: dict[str, Any], load_weights: Callable[[], None]) -> None:
+        """A checkpoint's network and pruner, in the order a resumed fit loads them: the pruner's state shown
+        first (`before_model_load`: a slimmed network is rebuilt so the weights fit), then `load_weights()`,
+        then the pruner's own state (its recorded settings checked, as on resume).
+
+        In a fit Lightning calls these steps itself (`_load_model_state` from the module's `on_load_checkpoint`,
+        the weights, `load_state_dict`); `sparsetrain.restore` calls this outside one, so both replay one path.
+        """
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None:
+            self._load_model_state(state)
+        load_weights()
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _load_model_state(self, state: dict[str, Any]) -> None:
+        self.pruner.before_model_load(state["pruner"])
+
+    def end_fit(self) -> dict[str, Any]:
+        """What the end of fit does: the pruner's last step, the accounting for results.json (`summary`, taken
+        from the masks before they fold), then `finalize` when asked. Returns the summary."""
+        self._remove_hook()
+        self.pruner.on_fit_end()
+        self.summary = self.report()
+        if self.do_finalize:
+            self.pruner.finalize()
+        return self.summary
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -145,12 +182,12 @@ class SparsityCallback(pl.Callback):
         loads the weights and the callbacks' only after them, and no callback hook runs in between."""
         if type(self.pruner).before_model_load is Pruner.before_model_load:
             return
-        hook, pruner, key = pl_module.on_load_checkpoint, self.pruner, self.state_key
+        hook, key = pl_module.on_load_checkpoint, self.state_key
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("callbacks", {}).get(key)
             if state is not None:
-                pruner.before_model_load(state["pruner"])
+                self._load_model_state(state)
             hook(checkpoint)
 
         pl_module.on_load_checkpoint = on_load_checkpoint
@@ -234,11 +271,7 @@ class SparsityCallback(pl.Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hook()
-        self.pruner.on_fit_end()
-        self.summary = self.report()
-        if self.do_finalize:
-            self.pruner.finalize()
+        self.end_fit()
 
     def _warn_dead_layers(self) -> None:
         """Warn once per layer that the allocation pruned completely (it disconnects the network)."""

@@ -19,22 +19,25 @@ identical weights is left as it is. Torch is imported only once the source and t
 wrong path is answered at once (`sparsetrain.checkpoint_files`).
 
 Files are written under a temporary name and renamed into place, with the permissions the umask gives.
+
+This module is the entry point (`export_network`, `export_run`, the command line); the jobs behind it have
+their own modules: `export_prepare` (what is stored), `export_files` (file names, the format check, atomic
+writes), `export_load` (`load_exported`) and `export_report` (storage bytes, the speedup note).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sparsetrain.checkpoint_files import LAST, RESULTS, resolve_checkpoint, run_config_path, run_dir_of
-from sparsetrain.export_report import speedup_note, storage_report, summary
+from sparsetrain.export_files import FORMAT, ONNX, SPEC, VERSION, WEIGHTS, export_onnx, read_spec, write_export
+from sparsetrain.export_load import load_exported, state_mismatches
+from sparsetrain.export_prepare import count, prepare_export
+from sparsetrain.export_report import storage_report, summary
 
 if TYPE_CHECKING:
     import torch
@@ -42,32 +45,6 @@ if TYPE_CHECKING:
 
     from sparsetrain.semi_structured import Target
     from sparsetrain.slim import ChannelRemoval
-
-log = logging.getLogger("sparsetrain")
-
-FORMAT, VERSION = "sparsetrain-export", 1
-WEIGHTS, SPEC, ONNX = "model.safetensors", "model.json", "model.onnx"
-
-
-def _count(model: nn.Module, example: torch.Tensor) -> tuple[int, int, int]:
-    from sparsetrain.accounting import module_flops
-
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
-    return params, nonzero, module_flops(model, example)[0]
-
-
-def _has_zero_row(model: nn.Module) -> bool:
-    """Whether any Conv/Linear has an all-zero output filter (else no channel can be removable: skip tracing)."""
-    import torch
-    from torch import nn
-
-    for m in model.modules():
-        w = getattr(m, "weight", None)
-        layer = isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(w, torch.Tensor)
-        if layer and bool((w.detach().reshape(w.shape[0], -1).ne(0).sum(1) == 0).any()):
-            return True
-    return False
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -105,7 +82,7 @@ def export_network(
     Raises:
         ValueError: The network still carries masks or parametrizations (finalize it first).
     """
-    net, state, spec = _prepare(
+    net, state, spec = prepare_export(
         network,
         input_shape=input_shape,
         arch=arch,
@@ -114,213 +91,7 @@ def export_network(
         removed=removed,
         dense_counts=dense_counts,
     )
-    return _write(Path(directory), net, state, spec, onnx)
-
-
-def _prepare(
-    network: nn.Module,
-    *,
-    input_shape: tuple[int, ...],
-    arch: dict[str, Any] | None,
-    info: dict[str, Any] | None,
-    target: Target | None,
-    removed: list[ChannelRemoval] | None,
-    dense_counts: tuple[int, int] | None,
-) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
-    """The network as it is stored (a slimmed CPU copy), its tensors, and `model.json` (without `onnx`)."""
-    import torch
-    from torch.nn.utils import parametrize
-
-    from sparsetrain.masking import find_mask_buffers
-    from sparsetrain.semi_structured import Target, plan
-    from sparsetrain.slim import slim
-
-    if find_mask_buffers(network) or any(parametrize.is_parametrized(m) for m in network.modules()):
-        raise ValueError("network still has mask buffers or parametrizations; finalize the pruner before exporting")
-    net = copy.deepcopy(network).cpu().eval()
-    example = torch.zeros(1, *input_shape)
-    params_dense, _, flops_dense = _count(net, example)
-    if dense_counts is not None:
-        params_dense, flops_dense = dense_counts
-    removals, refused = list(removed or []), []
-    if _has_zero_row(net):
-        slimmed = slim(net, example)
-        net, refused = slimmed.model.eval(), slimmed.refused
-        removals += slimmed.removals
-    params, nonzero, flops = _count(net, example)
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    target = target or Target.of("cpu", torch.float32)
-    semi = plan(net, target)
-    spec = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arch": arch,
-        "input_shape": list(input_shape),
-        **(info or {}),
-        "params": params,
-        "params_nonzero": nonzero,
-        "flops": flops,
-        "params_dense": params_dense,
-        "flops_dense": flops_dense,
-        "removed_channels": [r.to_json() for r in removals],
-        "kept_zero_channels": refused,
-        "semi_structured": {
-            "target": {"device": target.device, "capability": target.capability, "dtype": str(target.dtype)},
-            "layers": semi,
-        },
-        "storage": storage_report(state),
-        "speedup": speedup_note(removals, semi, flops, flops_dense),
-    }
-    return net, state, spec
-
-
-def _write(
-    directory: Path, net: nn.Module, state: dict[str, torch.Tensor], spec: dict[str, Any], onnx: bool
-) -> dict[str, Any]:
-    """Write the two files (and `model.onnx`); a `model.onnx` of an earlier export is removed when none is
-    written, so it cannot describe another network than the one beside it."""
-    import torch
-    from safetensors.torch import save
-
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_bytes(directory / WEIGHTS, save(state, metadata={"format": FORMAT, "version": str(VERSION)}))
-    if onnx:
-        spec["onnx"] = export_onnx(net, torch.zeros(1, *spec["input_shape"]), directory / ONNX)
-    if spec.get("onnx") != ONNX and (directory / ONNX).is_file():
-        (directory / ONNX).unlink()
-        log.info("export: removed %s (it belonged to the export this one replaces)", directory / ONNX)
-    _write_bytes(directory / SPEC, json.dumps(spec, indent=2).encode())
-    return spec
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename into place: the permissions follow the umask (like any file
-    `open` creates), and a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """`model.onnx` (dynamic batch) when `onnx` and `onnxscript` are installed; otherwise a note, nothing written."""
-    import torch
-
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-    if missing:
-        return f"skipped: {' and '.join(missing)} not installed (pip install onnx onnxscript)"
-    try:
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}},
-        )
-    except Exception as e:  # the exporter's many failure modes (unsupported ops, version skew) end in one note
-        return f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-    return path.name
-
-
-# ------------------------------------------------------------------------------------------------ load
-def read_spec(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The export directory and its `model.json` (`path`: the directory or either of its two files)."""
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    spec_path = directory / SPEC
-    if not spec_path.is_file() or not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{directory} is not an export: it needs {SPEC} and {WEIGHTS}")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{spec_path} is not valid JSON ({e}); re-export the model") from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        found = spec.get("format") if isinstance(spec, dict) else None
-        raise ValueError(f"{spec_path} is not a sparsetrain export (format {found!r})")
-    if spec.get("version") != VERSION:
-        raise ValueError(f"{spec_path} has export version {spec.get('version')!r}; this sparsetrain reads {VERSION}")
-    return directory, spec
-
-
-def load_exported(
-    path: str | Path,
-    *,
-    model: nn.Module | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    semi_structured: bool = True,
-) -> nn.Module:
-    """Rebuild an exported model from `model.json` and `model.safetensors` alone (no pickle), in eval mode.
-
-    Example:
-        >>> import sparsetrain
-        >>> model = sparsetrain.load_exported("outputs/<run>/export")
-        >>> logits = model(images)
-
-    Args:
-        path: The export directory (or its `model.json` / `model.safetensors`).
-        model: The dense architecture to load into, for a network `build_model` cannot make (`arch` null).
-        device: Where to put the model.
-        dtype: Floating-point dtype to cast to (e.g. `torch.float16` on a GPU); None keeps float32.
-        semi_structured: Convert 2:4 Linear weights to semi-structured tensors where `device`/`dtype` run them.
-
-    Raises:
-        FileNotFoundError: A file is missing.
-        ValueError: `model.json` is invalid, `model.safetensors` is corrupted, or the weights do not fit the
-            architecture `model.json` describes.
-    """
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from sparsetrain.semi_structured import to_semi_structured
-    from sparsetrain.slim import ChannelRemoval, remove_channels
-
-    directory, spec = read_spec(path)
-    if model is None:
-        arch = spec.get("arch")
-        if not arch:
-            raise ValueError(f"{directory / SPEC} has no builder (a custom architecture): pass model=<dense network>")
-        from sparsetrain.models import build_from_arch
-
-        model = build_from_arch(arch)
-    example = torch.zeros(1, *spec["input_shape"])
-    remove_channels(model, example, [ChannelRemoval.from_json(r) for r in spec.get("removed_channels", [])])
-    try:
-        state = load_file(str(directory / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{directory / WEIGHTS} is corrupted or not safetensors ({e}); re-export the model") from None
-    _check_fits(model, state, directory)
-    model.load_state_dict(state, strict=True)
-    model.eval().to(device=device, dtype=dtype)
-    if semi_structured:
-        for name, decision in to_semi_structured(model).items():
-            log.info("load_exported: %s %s", name, decision)
-    return model
-
-
-def state_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """What keeps `model.load_state_dict(state, strict=True)` from working: missing, unexpected, mis-shaped keys."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k} is {tuple(v.shape)}, expected {expected[k]}"
-        for k, v in state.items()
-        if k in expected and tuple(v.shape) != expected[k]
-    ]
-    return problems
-
-
-def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
-    problems = state_mismatches(model, state)
-    if problems:
-        raise ValueError(
-            f"{directory / WEIGHTS} does not match the architecture {SPEC} describes "
-            f"({len(problems)} problems: {'; '.join(problems[:3])})"
-        )
+    return write_export(Path(directory), net, state, spec, onnx)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -437,8 +208,8 @@ def export_run(
         from sparsetrain.models import build_from_arch
 
         base = build_from_arch(arch)
-        dense = _count(base.eval(), torch.zeros(1, *shape))[0::2]
-    net, state, spec = _prepare(
+        dense = count(base.eval(), torch.zeros(1, *shape))[0::2]
+    net, state, spec = prepare_export(
         restored.network,
         input_shape=shape,
         arch=arch,
@@ -456,7 +227,7 @@ def export_run(
         if reason is not None and not force:
             raise ExportConflict(out, f"{reason}; {note}" if note else reason)
         status = "replaced"
-    spec = _write(out, net, state, spec, onnx)
+    spec = write_export(out, net, state, spec, onnx)
     return Exported(out, spec, status, ckpt, restored.global_step, note)
 
 
@@ -498,14 +269,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
+    "FORMAT",
+    "ONNX",
+    "SPEC",
+    "VERSION",
+    "WEIGHTS",
     "ExportConflict",
     "Exported",
     "export_differs",
     "export_network",
+    "export_onnx",
     "export_run",
     "load_exported",
     "main",
     "read_spec",
+    "state_mismatches",
     "storage_report",
 ]
 

@@ -3,11 +3,12 @@
 A checkpoint written during training holds the masked network (`*_mask` buffers, PDP's
 `parametrizations.*.original` and soft-mask buffers) and the pruner's state under
 `callbacks["SparsityCallback[<key>]"]`. Folding those by hand would re-implement each method's finalize (PDP
-hardens its soft masks, folds them into the kept weights and removes its parametrizations), so this module
-replays the real one: the pruner is rebuilt from the run's config, attached to a freshly built network (which
-recreates exactly the buffers and parametrizations the checkpoint holds), loaded with `strict=True`, given its
-saved state, then `on_fit_end()` and `finalize()` run as at the end of `trainer.fit`. Exporting a checkpoint of
-a run's last step therefore gives, bit for bit, the network the run itself exported (checked for unstructured
+hardens its soft masks, folds them into the kept weights and removes its parametrizations), so this module replays
+the real one: the pruner is rebuilt from the run's config, attached to a freshly built network (which recreates
+exactly the buffers and parametrizations the checkpoint holds), and the pruner's `SparsityCallback` loads it along
+the path a resumed fit takes (`SparsityCallback.restore`: the pruner's state, the weights with `strict=True`, the
+recorded settings checked) and ends it as `trainer.fit` does (`SparsityCallback.end_fit`). Exporting a checkpoint
+of a run's last step therefore gives, bit for bit, the network the run itself exported (checked for unstructured
 runs and for GMP, PDP, LAPP and BiP channel runs); a `last.ckpt` written before the run's last step holds an
 earlier network (`sparsetrain.export` says so when its step is not the `steps` of `results.json`).
 
@@ -27,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sparsetrain.callback import STATE_PREFIX, pruner_in_checkpoint
+from sparsetrain.callback import SparsityCallback, pruner_in_checkpoint
 from sparsetrain.checkpoint_files import RUN_CONFIG as CONFIG
 from sparsetrain.checkpoint_files import resolve_checkpoint, run_config_path, run_dir_of
 from sparsetrain.models import build_from_arch
@@ -125,28 +126,30 @@ def restore_checkpoint(ckpt_path: str | Path, cfg: DictConfig) -> Restored:
     arch = run_arch(cfg)
     network = build_from_arch(arch)
     key = pruner_in_checkpoint(ckpt)
-    pruner = None
+    host = None
     if key is not None:
         if not cfg.get("pruner"):
             raise ValueError(f"{ckpt_path} was written with +pruner={key}, but the run's config has no pruner")
         pruner = instantiate(cfg.pruner)
         if pruner.key != key:
             raise ValueError(f"{ckpt_path} was written with +pruner={key}, but the run's config has {pruner.key}")
+        host = SparsityCallback(pruner, log_layers=False)
         example = torch.zeros(1, arch["in_chans"], arch["image_size"], arch["image_size"])
-        pruner.attach(network, total_steps(cfg, ckpt), example)
-    pruner_state = ckpt["callbacks"][f"{STATE_PREFIX}{key}]"]["pruner"] if pruner is not None else None
-    if pruner is not None:
-        pruner.before_model_load(pruner_state)  # a method that changed the architecture rebuilds it first
-    state = network_state(ckpt, network)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{ckpt_path} does not fit the model its run config builds: {str(e)[:300]}") from None
-    if pruner is not None:
-        pruner.load_state_dict(pruner_state)
-        pruner.on_fit_end()
-        pruner.finalize()
-    removed = [r.to_json() for r in pruner.removed_channels()] if pruner is not None else []
+        host.attach(network, total_steps(cfg, ckpt), example)
+
+    def load_weights() -> None:
+        try:
+            network.load_state_dict(network_state(ckpt, network), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{ckpt_path} does not fit the model its run config builds: {str(e)[:300]}") from None
+
+    if host is None:
+        load_weights()
+        removed = []
+    else:
+        host.restore(ckpt, load_weights)  # the callback's own resume path, then its own end of fit
+        host.end_fit()
+        removed = [r.to_json() for r in host.pruner.removed_channels()]
     return Restored(
         network.eval(), arch, key, list(removed), int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0))
     )

@@ -554,6 +554,15 @@ def test_reading_a_file_that_is_no_checkpoint_names_it(unstructured_run):
         finalized_network(unstructured_run / "results.json", cfg)
 
 
+def test_a_checkpoint_restores_only_under_the_settings_it_was_trained_with(unstructured_run):
+    """Restoring goes the callback's resume path: a config whose pruner settings differ from the recorded ones is
+    refused by name, as a resumed fit refuses it, instead of finalizing under another schedule."""
+    cfg = load_run_config(unstructured_run)
+    cfg.pruner.sparsity = 0.5
+    with pytest.raises(ValueError, match=r"other settings \(sparsity: 0.8 in the checkpoint, 0.5 now"):
+        finalized_network(unstructured_run / "checkpoints" / "last.ckpt", cfg)
+
+
 # ------------------------------------------------------------------------------------------- broken exports
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from sparsetrain.masking import MASK_SUFFIX, resolve
+from sparsetrain.masking import resolve
 from sparsetrain.pruners.base import Pruner, check_fraction, register_pruner
+from sparsetrain.pruners.bip_mask import HardMask, install_hard_masks, remove_hard_masks
 from sparsetrain.schedules import to_step
 
 DENSE, BILEVEL, FINETUNE, DONE = "dense", "bilevel", "finetune", "done"
@@ -22,51 +22,6 @@ def step_decay(progress: float) -> float:
     """The released code's step schedule (`get_lr_policy("step")`, used for its mask optimizer): ×1 until half
     of the phase, ×0.1 until three quarters, ×0.01 after."""
     return 1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01
-
-
-class _MaskedPassGrad(torch.autograd.Function):
-    """z = θ ⊙ mult in the forward; the backward hands the whole ∇_z ℓ to θ.grad.
-
-    BiP needs ∇_z ℓ at every position, pruned ones included: ∇_m ℓ = ∇_z ℓ ⊙ θ (the straight-through score
-    gradient) and ∇_θ ℓ = m ⊙ ∇_z ℓ both follow from it, and the pruner splits it before the optimizer step.
-    Keeping it in θ.grad means AMP unscaling, gradient accumulation and DDP's all-reduce treat it like any
-    gradient, and the backward costs no extra kernel.
-    """
-
-    @staticmethod
-    def forward(ctx, theta: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
-        return theta * mult
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
-
-
-class HardMask(nn.Module):
-    """Parametrization w ↦ m ⊙ w with the trained top-k mask m (no trainable parameter of its own).
-
-    Unstructured and N:M: m is the parameter's mask buffer (held by its `ParametrizationList`, read live at
-    every forward). Channel: `row_keep` (a non-persistent buffer, so it follows the model's moves) scales the
-    output-side rows only; consumer columns read an exactly-zero input when a channel is pruned.
-    """
-
-    def __init__(self, rows: int | None = None) -> None:
-        super().__init__()
-        self.enabled = False
-        self.home: list[nn.Module] = []  # the ParametrizationList holding the mask buffer (a list: not a child)
-        self.register_buffer("row_keep", None if rows is None else torch.ones(rows), persistent=False)
-
-    def multiplier(self) -> torch.Tensor:
-        """What multiplies θ in the forward: the output rows' keep vector (broadcast) or the whole mask."""
-        mask = self.home[0]._buffers["original" + MASK_SUFFIX]
-        if self.row_keep is not None:
-            return self.row_keep.view(-1, *([1] * (mask.ndim - 1)))
-        return mask
-
-    def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return theta
-        return _MaskedPassGrad.apply(theta, self.multiplier())
 
 
 @register_pruner("bip")
@@ -194,21 +149,8 @@ class BiP(Pruner):
 
     # ------------------------------------------------------------------------------------------- setup
     def before_masks(self, targets: dict[str, nn.Module]) -> None:
-        rows = self.granularity_strategy.row_masked  # channel: the output rows only (consumers read zeros)
-        self._hard = {}
-        for fqn in self.granularity_strategy.forward_masked(self.weights):
-            owner_name, _, pname = fqn.rpartition(".")
-            owner = self.model.get_submodule(owner_name)
-            size = getattr(owner, pname).shape[0] if rows else None
-            if parametrize.is_parametrized(owner, pname):
-                hard = owner.parametrizations[pname][0]
-                if not isinstance(hard, HardMask) or len(owner.parametrizations[pname]) != 1:
-                    raise ValueError(f"{fqn} already carries another parametrization; BiP needs it plain")
-                hard.register_buffer("row_keep", None if size is None else torch.ones(size), persistent=False)
-            else:
-                hard = HardMask(size)
-                parametrize.register_parametrization(owner, pname, hard)
-            self._hard[fqn] = hard
+        strategy = self.granularity_strategy  # channel: the output rows only (consumers read zeros)
+        self._hard = install_hard_masks(self.model, strategy.forward_masked(self.weights), strategy.row_masked)
 
     def on_attach(self) -> None:
         for fqn, hard in self._hard.items():
@@ -312,7 +254,7 @@ class BiP(Pruner):
     @torch.no_grad()
     def _score_gradients(self) -> None:
         """s.grad = ∇_z ℓ ⊙ θ − (1/γ)·∇_z ℓ ⊙ (m ⊙ ∇_z ℓ) per masked entry, from θ.grad = ∇_z ℓ (see
-        `_MaskedPassGrad`), summed into the scores' units by the granularity (channels: over each channel's
+        `bip_mask._MaskedPassGrad`), summed into the scores' units by the granularity (channels: over each channel's
         output-side entries). A unit no gradient reached this step (PyTorch 2's `set_to_none`, a branch not
         taken) gets none either: no score step, momentum included.
         """
@@ -380,9 +322,7 @@ class BiP(Pruner):
         self._hard = {}
 
     def _remove_hard_masks(self) -> None:
-        for fqn in self._hard:
-            owner_name, _, pname = fqn.rpartition(".")
-            parametrize.remove_parametrizations(self.model.get_submodule(owner_name), pname, leave_parametrized=False)
+        remove_hard_masks(self.model, list(self._hard))
 
     def report(self) -> dict[str, Any]:
         return {"score_steps": self.score_steps, "warmup_step": self.warmup_step, "finetune_step": self.finetune_step}

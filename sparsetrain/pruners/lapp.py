@@ -16,11 +16,13 @@ Our choices where the abstract is silent (see the class docstring for the formul
 - at `end` the masks are projected onto the budget exactly, the network is physically slimmed
   (Torch-Pruning, as the export does), the optimizer state of the kept channels carried over, and training
   continues on the smaller network (truly cheaper steps).
+
+The pruner holds what it learns (thresholds, masks) and when it acts; the FLOPs arithmetic (budget, floors,
+projection) is `lapp_budget`, the bypass `lapp_bypass`, the slimmed network's bookkeeping `lapp_slimmed`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -29,10 +31,12 @@ import torch
 from torch import nn
 
 import sparsetrain.pruners.lapp_bypass as lapp_bypass
+import sparsetrain.pruners.lapp_slimmed as lapp_slimmed
 from sparsetrain.accounting import module_flops
 from sparsetrain.granularity import channel_soft
 from sparsetrain.optim_surgery import carry_optimizer_state
 from sparsetrain.pruners.base import Pruner, register_pruner
+from sparsetrain.pruners.lapp_budget import GroupFlops
 from sparsetrain.schedules import SparsitySchedule, to_step
 from sparsetrain.slim import ChannelRemoval, find_removable_channels, remove_channels
 from sparsetrain.targets import candidate_layers, select_targets
@@ -157,52 +161,12 @@ class LAPP(Pruner):
         self._state.enabled = True
 
     def _layer_terms(self) -> None:
-        """Each conv/linear layer's dense FLOPs and the groups of its input and output channels."""
-        total, per_module = module_flops(self.model, self.example)
-        out_group, in_group = {}, {}
-        for gi, group in enumerate(self.groups):
-            for piece in group.slices:
-                layer, _, pname = piece.param.rpartition(".")
-                if pname == "weight":
-                    (out_group if piece.dim == 0 else in_group)[layer] = gi
-        self._terms: list[tuple[float, int | None, int | None, bool]] = []
-        layers_total = 0.0
-        for name in candidate_layers(self.model):
-            flops = float(per_module.get(name, 0))
-            layers_total += flops
-            self._terms.append((flops, in_group.get(name), out_group.get(name), ".bypass_" in name))
-        bypass = sum(f for f, *_, is_bypass in self._terms if is_bypass)
-        self._other_flops = max(0.0, self.dense_flops - (layers_total - bypass))
-        self._sizes = [g.size for g in self.groups]
-        self._floors = self._floors_for(self.min_keep)  # channels always kept
-        self.floor_used = self.min_keep
-        if self._floor_ratio(self._floors_for(0.0)) > self.max_flops_ratio + 1e-9:
-            warnings.warn(
-                f"LAPP: one channel per coupled group already keeps {self._floor_ratio(self._floors_for(0.0)):.3f} "
-                f"of the dense FLOPs, above max_flops_ratio={self.max_flops_ratio:g}: the budget cannot be met",
-                stacklevel=3,
-            )
-            self.floor_used, self._floors = 0.0, self._floors_for(0.0)
-        elif self.min_keep > 0 and self._floor_ratio(self._floors) > self.max_flops_ratio + 1e-9:
-            # the budget is the constraint, the floor a preference: the highest floor that fits
-            low, high = 0.0, self.min_keep
-            for _ in range(30):
-                mid = (low + high) / 2
-                fits = self._floor_ratio(self._floors_for(mid)) <= self.max_flops_ratio
-                low, high = (mid, high) if fits else (low, mid)
-            warnings.warn(
-                f"LAPP: min_keep={self.min_keep:g} keeps {self._floor_ratio(self._floors):.3f} of the dense FLOPs, "
-                f"above max_flops_ratio={self.max_flops_ratio:g}; this network's floor is lowered to {low:.3f}",
-                stacklevel=3,
-            )
-            self.floor_used, self._floors = low, self._floors_for(low)
-
-    def _floors_for(self, keep: float) -> list[int]:
-        """Channels kept per group by a floor of `keep` (at least one: the network stays connected)."""
-        return [max(1, math.ceil(keep * size)) for size in self._sizes]
-
-    def _floor_ratio(self, floors: list[int]) -> float:
-        return self._kept_flops_ratio([f / size for f, size in zip(floors, self._sizes, strict=True)])
+        """The FLOPs model over the coupled groups, and the density floor that fits the budget."""
+        self.group_flops = GroupFlops(self.model, self.example, self.groups, self.dense_flops)
+        self._sizes = self.group_flops.sizes
+        self.floor_used, self._floors, problem = self.group_flops.fit_floor(self.min_keep, self.max_flops_ratio)
+        if problem:
+            warnings.warn(problem, stacklevel=3)
 
     # ------------------------------------------------------------------------------------------- masks
     @torch.no_grad()
@@ -230,17 +194,7 @@ class LAPP(Pruner):
     def flops_ratio(self, masks: list[torch.Tensor], bypass: bool = False) -> torch.Tensor:
         """FLOPs under `masks` over the dense network's: the deployed network's, or (`bypass`) the bypasses'."""
         kept = [m.sum() / size for m, size in zip(masks, self._sizes, strict=True)]
-        return masks[0].new_zeros(()) + self._kept_flops_ratio(kept, bypass)
-
-    def _kept_flops_ratio(self, kept: list, bypass: bool = False) -> Any:
-        """Σ_layers F_l·kept_in·kept_out (+ the layers no group touches) over the dense FLOPs, from the kept
-        fraction of every group (floats, or tensors carrying gradients)."""
-        total = 0.0 if bypass else self._other_flops
-        for flops, gin, gout, is_bypass in self._terms:
-            if is_bypass == bypass and flops:
-                kept_in = kept[gin] if gin is not None else 1.0
-                total = total + flops * kept_in * (kept[gout] if gout is not None else 1.0)
-        return total / self.dense_flops
+        return masks[0].new_zeros(()) + self.group_flops.ratio(kept, bypass)
 
     def penalty(self) -> torch.Tensor | None:
         """λ·|F(m)/F_dense − b(t)| at the masks of the last forward (their sigmoid recomputed from the forward's
@@ -309,28 +263,9 @@ class LAPP(Pruner):
     @torch.no_grad()
     def project(self, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Keep-masks meeting the final budget exactly: drop the lowest-margin channels while over it, then
-        restore the highest-margin dropped ones while one more still fits."""
-        keeps = [k.clone().cpu() for k in keeps]
+        restore the highest-margin dropped ones while one more still fits (`GroupFlops.project`)."""
         margins = [(s.cpu() - t) for s, t in zip(self.scores(), self.theta.detach().cpu(), strict=True)]
-        order = sorted(
-            ((float(m[c]), gi, c) for gi, m in enumerate(margins) for c in range(len(m))), key=lambda x: x[0]
-        )
-
-        def ratio() -> float:
-            return self._kept_flops_ratio([float(k.sum()) / size for k, size in zip(keeps, self._sizes, strict=True)])
-
-        for _, gi, c in order:  # lowest margin first
-            if ratio() <= self.max_flops_ratio:
-                break
-            if keeps[gi][c] and keeps[gi].sum() > self._floors[gi]:
-                keeps[gi][c] = False
-        for _, gi, c in reversed(order):  # highest margin first
-            if keeps[gi][c]:
-                continue
-            keeps[gi][c] = True
-            if ratio() > self.max_flops_ratio:
-                keeps[gi][c] = False
-        return keeps
+        return self.group_flops.project(keeps, margins, self._floors, self.max_flops_ratio)
 
     def slim(self) -> None:
         """Project onto the budget, zero the dropped channels, fold the bypasses, remove the channels
@@ -339,7 +274,7 @@ class LAPP(Pruner):
         before_keeps = {fqn: m.clone() for fqn, m in self.masks.masks.items()}
         self.granularity_strategy.expand(self.masks, keeps)
         self.last_churn = self.churn(before_keeps)
-        removed = self._removed_entries(keeps)
+        removed = lapp_slimmed.removed_entries(self.groups, keeps, set(self.wrapped))
         self.masks.remove()  # zeroes every entry of the dropped channels (producers, BN, consumers' inputs)
         self._state.enabled = False
         channel_soft.uninstall(self.model, self.groups, self._state)
@@ -354,42 +289,11 @@ class LAPP(Pruner):
             self.reset_state = carry_optimizer_state(optimizer, before, dict(self.model.named_parameters()), removed)
         self.slimmed = True
         self.masks = None
-        self._record_final(example)
+        self.final = lapp_slimmed.measure(self.model, example, self._dense_shapes, self._plain_targets)
         self._pending_metrics = {
             "flops/ratio": self.final["flops"] / self.dense_flops,
             "flops/budget": self.max_flops_ratio,
             "mask/churn": self.last_churn,
-        }
-
-    def _removed_entries(self, keeps: list[torch.Tensor]) -> dict[str, dict[int, set[int]]]:
-        """Per parameter (plain FQN) and dimension, the indices slimming removes."""
-        wrapped, out = set(self.wrapped), {}
-        for group, keep in zip(self.groups, keeps, strict=True):
-            for piece in group.slices:
-                fqn = lapp_bypass.plain_name(piece.param, wrapped)
-                if fqn is None:
-                    continue
-                gone = piece.index[~keep[piece.root]].tolist()
-                out.setdefault(fqn, {}).setdefault(piece.dim, set()).update(gone)
-        return out
-
-    def _record_final(self, example: torch.Tensor) -> None:
-        """Measured FLOPs and parameters of the slimmed network, and per-layer channel pruning rates."""
-        flops, per_module = module_flops(self.model, example)
-        layers = candidate_layers(self.model)
-        rates = {}
-        for name, shape in self._dense_shapes.items():
-            module = layers.get(name)
-            if module is not None and name in self._plain_targets:
-                rates[name] = 1.0 - module.weight.shape[0] / shape[0]
-        self.final = {
-            "flops": flops,
-            "per_module": {n: per_module.get(n, 0) for n in layers},
-            "shapes": {n: list(m.weight.shape) for n, m in layers.items()},
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "rates": rates,
-            "channels_dense": sum(s[0] for n, s in self._dense_shapes.items() if n in rates),
-            "channels_kept": sum(layers[n].weight.shape[0] for n in rates),
         }
 
     # ------------------------------------------------------------------------------------------- reporting
@@ -406,16 +310,14 @@ class LAPP(Pruner):
     def global_sparsity(self) -> float:
         if not self.slimmed:
             return super().global_sparsity()
-        dense = sum(_numel(self._dense_shapes[n]) for n in self.final["rates"])
-        kept = sum(_numel(self.final["shapes"][n]) for n in self.final["rates"])
-        return 1.0 - kept / dense
+        return lapp_slimmed.weight_sparsity(self.final, self._dense_shapes)
 
     def layer_sparsity(self) -> dict[str, float]:
         if not self.slimmed:  # named as in the plain network, bypasses left out
             wrapped = set(self.wrapped)
             named = {lapp_bypass.plain_name(f"{n}.weight", wrapped): v for n, v in super().layer_sparsity().items()}
             return {n[: -len(".weight")] if n.endswith(".weight") else n: v for n, v in named.items() if n}
-        return {n: 1.0 - _numel(self.final["shapes"][n]) / _numel(self._dense_shapes[n]) for n in self.final["rates"]}
+        return lapp_slimmed.layer_sparsity(self.final, self._dense_shapes)
 
     def target_text(self) -> str:
         return f"FLOPs budget {self.max_flops_ratio:g} of dense, slimmed at step {self.end_step}"
@@ -427,30 +329,20 @@ class LAPP(Pruner):
         """Fraction of the targeted layers' output channels removed."""
         if not self.slimmed:
             return self.granularity_strategy.channel_sparsity(self.masks)
-        return 1.0 - self.final["channels_kept"] / max(1, self.final["channels_dense"])
+        return lapp_slimmed.channel_sparsity(self.final)
 
     def accounting(self, example_input: torch.Tensor | None) -> dict[str, Any] | None:
         """results.json's accounting of the slimmed network, measured (`torch.utils.flop_counter`)."""
         if not self.slimmed:
             return None  # before slimming the masks describe the network (the bypasses counted as layers)
-        final = self.final
-        layers = {}
-        for name in final["rates"]:
-            dense = self._dense_layer_flops.get(name, 0)
-            layers[name] = {
-                "shape": self._dense_shapes[name],
-                "density": _numel(final["shapes"][name]) / _numel(self._dense_shapes[name]),
-                "flops_dense": dense,
-                "flops_sparse": final["per_module"].get(name, 0),
-            }
         return {
             "sparsity": self.global_sparsity(),
             "channel_sparsity": self.channel_sparsity(),
             "params_total": self._dense_params,
-            "params_nonzero": final["params"],
+            "params_nonzero": self.final["params"],
             "flops_dense": self.dense_flops,
-            "flops_sparse": final["flops"],
-            "layers": layers,
+            "flops_sparse": self.final["flops"],
+            "layers": lapp_slimmed.layer_accounting(self.final, self._dense_shapes, self._dense_layer_flops),
         }
 
     def removed_channels(self) -> list[ChannelRemoval]:
@@ -506,10 +398,3 @@ class LAPP(Pruner):
         remove_channels(self.model, self.example.to(next(self.model.parameters()).device), self.removals)
         self.slimmed, self.masks, self.final = True, None, state["final"]
         self._restore(state)
-
-
-def _numel(shape: list[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
