@@ -1,7 +1,9 @@
 """Train a (sparse) classifier: `python train.py +pruner=granet`. Hydra composes `conf/train.yaml`.
 
 `python train.py --help` lists the pruners and their keys. A configuration mistake, Hydra's included, ends in
-one line `error: ...` and exit code 2, before any model or data is built and before a run directory is created.
+one line `error: ...` and exit code 2, before any model or data is built and before a run directory is created
+(every job of a sweep is checked by the Hydra callback `sparsetrain.hydra_checks.CheckJobs` before the first
+one starts).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 import sparsetrain.cli  # noqa: F401  (resolvers: `sparsity_default` for --cfg/--resolve, the pruner list for --help)
+import sparsetrain.schema  # noqa: F401  (the structured configs `conf/train.yaml` types its groups with)
 from sparsetrain.errors import EXIT_CODE, one_line_error
 
 log = logging.getLogger("sparsetrain")
@@ -32,7 +35,7 @@ def main(cfg: DictConfig) -> float:
     try:
         from sparsetrain.config import check_run
 
-        check_run(cfg, CONF)  # again inside the job: sweepers other than the basic one choose jobs late
+        check_run(cfg, CONF)  # again inside the job: sweepers other than the basic one choose jobs as they go
         from sparsetrain.app import run
 
         return run(cfg)
@@ -73,19 +76,36 @@ def continue_interrupted_job(cfg: DictConfig) -> None:
             cfg.ckpt_path = str(run_dir)
 
 
-def cli() -> None:
-    """Check the command line (one line and exit 2 on a mistake), then hand it to Hydra."""
-    from sparsetrain.cli import check_command_line
+SHOW_FLAGS = ("--help", "-h", "--cfg", "-c")
 
+
+def with_resolve(argv: list[str]) -> list[str]:
+    """`argv` with `--resolve` added to `--help` and `--cfg` (the config is shown with its values resolved)."""
+    shows = any(a in SHOW_FLAGS or a.startswith("--cfg=") for a in argv[1:])
+    return [*argv, "--resolve"] if shows and "--resolve" not in argv else argv
+
+
+def cli() -> None:
+    """Hand the command line to Hydra; a configuration mistake is one line and exit code 2.
+
+    Hydra's own composition errors are raised to here (`hydra_errors_raised`) and made one line; the job(s) are
+    checked by the callback `CheckJobs`, which prints its line and exits itself (Hydra would only warn).
+    """
+    from sparsetrain.hydra_checks import hydra_errors_raised
+
+    sys.argv = with_resolve(sys.argv)
     try:
-        sys.argv = check_command_line(sys.argv, CONF)
+        with hydra_errors_raised():
+            main()
+    except BrokenPipeError:  # `--help | head` closed the pipe: quiet, as Python's docs recommend
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as e:
         message = one_line_error(e, CONF)
         if message is None or os.environ.get("SPARSETRAIN_DEBUG"):
             raise
         sys.stderr.write(f"error: {message}\n")
         sys.exit(EXIT_CODE)
-    main()
 
 
 if __name__ == "__main__":

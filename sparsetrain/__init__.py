@@ -11,6 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 import sparsetrain.pruner_keys  # noqa: E402,F401  (registers the YAML resolver `sparsity_default`: configs compose anywhere)
+import sparsetrain.schema  # noqa: E402,F401  (registers the structured configs conf/train.yaml merges in)
 
 _EXPORTS = {
     "SparsityCallback": "sparsetrain.callback",

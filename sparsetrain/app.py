@@ -77,8 +77,15 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.to_container(cfg.optim, resolve=True),
         label_smoothing=cfg.get("label_smoothing", 0.0),
         example_input_shape=(datamodule.in_chans, datamodule.image_size, datamodule.image_size),
+        compile=bool(cfg.model.get("compile", False)),
+        compile_options=_container(cfg.model.get("compile_options")),
     )
     return {"cfg": cfg, "datamodule": datamodule, "network": network, "pruner": pruner, "module": module}
+
+
+def _container(node: Any) -> dict[str, Any]:
+    """A config mapping as a plain dict (empty when absent)."""
+    return dict(OmegaConf.to_container(node, resolve=True)) if node else {}
 
 
 def snapshots(run_dir: Path, every: int) -> ModelCheckpoint:

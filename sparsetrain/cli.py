@@ -1,131 +1,55 @@
-"""The command line of `train.py`: every job checked before Hydra creates a run directory, and `--help`.
+"""The command line of `train.py`, in-process: its checks (`check_command_line`) and `--help`.
 
-`check_command_line` composes each job's config exactly as Hydra will and runs `sparsetrain.config.check_run`
-on it, so a mistake is one line and writes nothing; `pruner_help` is the pruner list `--help` shows
+`train.py` hands its command line to Hydra; the Hydra callback `sparsetrain.hydra_checks.CheckJobs` checks every
+job before Hydra creates a run directory. `check_command_line` runs the same checks on an argv of overrides
+(with `-m` for a sweep), for the tests and for tools; `pruner_help` is the pruner list `--help` shows
 (`conf/hydra/help/sparsetrain.yaml`, through the resolver `sparsetrain_pruner_help`).
 """
 
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from omegaconf import ListConfig, OmegaConf, open_dict
+from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sparsetrain.config import CONF_DIR, ConfigError, _light_checks, check_run
+from sparsetrain.config import CONF_DIR
+from sparsetrain.hydra_checks import MAX_SWEEP_JOBS_CHECKED, check_overrides, job_overrides
 
-MAX_SWEEP_JOBS_CHECKED = 256
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def _config_sweep_params(overrides: list[str], conf_dir: Path, config_name: str) -> list[str]:
-    """The sweep a study's config declares (`hydra.sweeper.params` of `conf/experiment/<study>.yaml`), as overrides
-    the basic sweeper puts before the command line's."""
-    picks = [o for o in overrides if o.split("=")[0].lstrip("+") == "experiment" and "," not in o]
-    if not picks:
-        return []
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
-        cfg = GlobalHydra.instance().hydra.compose_config(
-            config_name, picks, run_mode=RunMode.MULTIRUN, from_shell=True, with_log_configuration=False
-        )
-    params = cfg.hydra.sweeper.get("params") or {}
-    return [f"{k}={v}" for k, v in params.items()]
+def _split(argv: list[str]) -> tuple[list[str], bool]:
+    """The overrides of `argv` (`train.py` first) and whether it asks for a sweep; no other Hydra flag is read."""
+    return [a for a in argv[1:] if a not in MULTIRUN_FLAGS], any(a in MULTIRUN_FLAGS for a in argv[1:])
 
 
 def _job_overrides(
     overrides: list[str], multirun: bool, conf_dir: Path = CONF_DIR, config_name: str = "train"
 ) -> list[list[str]]:
     """The override list of every job `overrides` describes (one job without -m; the basic sweeper's grid with it,
-    the study config's sweep first, as the sweeper reads it)."""
-    if not multirun:
-        return [overrides]
-    if any(o.lstrip("+~").startswith("hydra/sweeper") for o in overrides):
-        return []  # another sweeper chooses the jobs: each is checked when it starts
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    swept = _config_sweep_params(overrides, conf_dir, config_name) + overrides
-    parsed = OverridesParser.create().parse_overrides(swept)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch][:MAX_SWEEP_JOBS_CHECKED]
+    the study config's sweep first, as the sweeper reads it); [] when another sweeper chooses the jobs."""
+    return job_overrides(overrides, multirun, conf_dir, config_name) or []
 
 
-def check_command_line(argv: list[str], conf_dir: Path, config_name: str = "train") -> list[str]:
-    """Check the run(s) `train.py` was asked for, before Hydra creates a run directory; returns the argv to run.
-
-    Composes each job's config exactly as Hydra will (same config directory, same overrides) and runs
-    `check_run` on it; a Hydra composition error (unknown option, a group without its `+`, a misspelt key, an
-    override that does not parse) is raised as a `ConfigError` of one line with the close matches. With
-    `--help` and `--cfg` the config is only composed, and `--resolve` is added unless given (resolved values
-    are shown). Nothing is checked for `--info`, `--shell-completion`, another config directory, or in the
-    extra processes DDP starts (their parent checked).
+def check_command_line(argv: list[str], conf_dir: Path = CONF_DIR, config_name: str = "train") -> list[str]:
+    """Check, in-process, the run(s) `train.py <argv[1:]>` would start, as `train.py` checks them before Hydra
+    creates a run directory; returns `argv`. `argv` holds overrides and `-m`/`--multirun` only.
 
     Raises:
-        ConfigError: the first problem, in one line.
+        ConfigError, or Hydra's composition error: `sparsetrain.errors.one_line_error` makes either one line.
     """
-    from hydra._internal.utils import get_args_parser
-
-    args = get_args_parser().parse_args(argv[1:])
-    shown = bool(args.help or args.cfg)
-    if shown and not args.resolve:
-        argv = [*argv, "--resolve"]
-    skip = ("hydra_help", "info", "shell_completion", "experimental_rerun", "config_dir", "config_path")
-    if any(getattr(args, flag) for flag in skip) or os.environ.get("LOCAL_RANK") not in (None, "0"):
-        return argv
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-
-    from sparsetrain.errors import hydra_error_line, one_line_error
-
-    previous = HydraConfig.instance().cfg
-    try:
-        jobs = _job_overrides(list(args.overrides), args.multirun, conf_dir, args.config_name or config_name)
-        configs = []
-        for overrides in jobs:  # compose and check every job without torch first: the common mistakes come fast
-            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3", job_name="train"):
-                cfg = GlobalHydra.instance().hydra.compose_config(
-                    args.config_name or config_name,
-                    overrides,
-                    run_mode=RunMode.RUN,
-                    from_shell=True,
-                    with_log_configuration=False,
-                )
-            HydraConfig.instance().set_config(cfg)  # `${hydra:...}` resolves as in the job
-            with open_dict(cfg):
-                del cfg["hydra"]
-            configs.append((overrides, cfg))
-        for check in () if shown else (_light_checks, check_run):
-            for overrides, cfg in configs:
-                try:
-                    check(cfg, conf_dir)
-                except Exception as e:
-                    line = one_line_error(e, conf_dir)
-                    if line is None or len(jobs) == 1:
-                        raise
-                    job = " ".join(o for o in overrides if not o.lstrip("+~").startswith("hydra"))
-                    raise ConfigError(f"{line} (sweep job: {job})") from None
-    except HydraException as e:
-        line = hydra_error_line(e, conf_dir)
-        if line is None:
-            raise
-        raise ConfigError(line) from None
-    finally:  # `initialize_config_dir` restored Hydra's global state on exit
-        HydraConfig.instance().cfg = previous  # the job sets its own
+    overrides, multirun = _split(argv)
+    check_overrides(overrides, multirun, conf_dir, config_name)
     return argv
 
 
 # ------------------------------------------------------------------------------------------------ help
-INTERNAL_GROUPS = ("hydra", "pruner_shared")  # Hydra's own; the keys every pruner YAML extends (not a user choice)
+INTERNAL_GROUPS = ("hydra", "pruner_shared", "schema")  # Hydra's own; the keys every pruner YAML extends; the types
 ABBREVIATIONS = ("al", "e.g", "i.e", "etc", "cf", "vs", "resp", "approx", "Fig", "Eq", "Sec", "No")
 
 
@@ -207,7 +131,7 @@ def pruner_help(conf_dir: Path = CONF_DIR, width: int = 110) -> str:
             keys = "keys: " + " ".join(names)
         else:
             unused = set(getattr(cls, "unused_keys", ()))
-            keys = " ".join(f"{k}={_value(v)}" for k, v in defaults.items() if not (k in unused and v is None))
+            keys = " ".join(f"{k}={_value(v)}" for k, v in defaults.items() if k not in unused)
         lines.extend(textwrap.wrap(keys, width, initial_indent=indent, subsequent_indent=indent))
     return "\n".join(lines).replace("$", "$$")  # the help template is a string.Template
 
@@ -228,13 +152,28 @@ def help_config(root: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(_without_targets(plain))).replace("$", "$$")
 
 
+def _groups(loader: Any, parent: str = "") -> list[str]:
+    """Every config group below `parent` that has options, nested ones as `a/b` (Hydra's config loader)."""
+    from hydra.core.object_type import ObjectType
+
+    groups = []
+    for name in loader.list_groups(parent):
+        group = f"{parent}/{name}" if parent else name
+        if loader.get_group_options(group, ObjectType.CONFIG):
+            groups.append(group)
+        if loader.get_group_options(group, ObjectType.GROUP):
+            groups.extend(_groups(loader, group))
+    return groups
+
+
 def help_groups() -> str:
-    """`group: option, ...` for the groups a user chooses from (Hydra's list without `INTERNAL_GROUPS`)."""
+    """`group: option, ...` for the groups a user chooses from (Hydra's groups without `INTERNAL_GROUPS`)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    hydra = GlobalHydra.instance().hydra
-    text = hydra.format_config_groups(lambda group: group.split("/")[0] not in INTERNAL_GROUPS)
-    return text.rstrip("\n").replace("$", "$$")
+    loader = GlobalHydra.instance().config_loader()
+    groups = sorted(g for g in _groups(loader) if g.split("/")[0] not in INTERNAL_GROUPS)
+    text = "\n".join(f"{g}: {', '.join(sorted(loader.get_group_options(g)))}" for g in groups)
+    return text.replace("$", "$$")
 
 
 def _asked_for_help() -> bool:
@@ -262,4 +201,12 @@ OmegaConf.register_new_resolver("sparsetrain_help_config", _help_config, replace
 OmegaConf.register_new_resolver("sparsetrain_help_groups", _help_groups, replace=True)
 
 
-__all__ = ["check_command_line", "first_sentence", "help_config", "help_groups", "pruner_help", "summary"]
+__all__ = [
+    "MAX_SWEEP_JOBS_CHECKED",
+    "check_command_line",
+    "first_sentence",
+    "help_config",
+    "help_groups",
+    "pruner_help",
+    "summary",
+]

@@ -3,6 +3,16 @@
 Every configuration mistake ends the same way, whether Hydra or sparsetrain finds it: one line `error: ...`
 saying what is wrong and what is allowed, and exit code `EXIT_CODE`. This module imports nothing heavy, so the
 line comes before torch is loaded.
+
+Hydra's composition errors are read from their types and attributes where Hydra 1.3 gives them: an unknown
+option (`MissingConfigException.missing_cfg_file` and `.options`), an override that does not parse
+(`OverrideParseException.override`), a misspelt key or a value of the wrong type (the OmegaConf exception that
+caused the `ConfigCompositionException`, with its `full_key`). Three cases carry nothing but their message, so
+its wording is read (`_composition`), which a Hydra upgrade may change (tests/test_bad_config.py runs each
+through `train.py`; an unread message is shown as its first line): a group override without its `+` ("Could not
+override 'pruner'. No match in the defaults list.", with Hydra's `+pruner=...` hint), the override behind a
+misspelt key ("Could not override 'pruner.x'": the key itself is in the cause, but not whether the override
+named a key of a group the run lacks) and a sweep without `-m` ("Ambiguous value for argument ...").
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ConfigTypeError, ValidationError
 
 EXIT_CODE = 2  # every user error, Hydra's composition errors included (argparse's code for bad usage)
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -64,6 +75,9 @@ def _missing_config(error: MissingConfigException) -> str:
 
 def _composition(error: ConfigCompositionException, conf_dir: Path | None) -> str:
     message, cause = _first_line(str(error)), error.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ValidationError, ConfigTypeError)) and full_key:  # a type of sparsetrain.schema
+        return f"invalid {str(full_key).split('.')[0]} config: {_first_line(str(cause))} ({full_key})"
     if message.startswith("Could not override '") and message.endswith("No match in the defaults list."):
         group = message.split("'")[1]
         options = group_options(conf_dir, group)
@@ -71,9 +85,8 @@ def _composition(error: ConfigCompositionException, conf_dir: Path | None) -> st
         usage = appended.group(1) if appended else f"+{group}=<option>"
         listed = f" ({group} options: {', '.join(options)})" if options else ""
         return f"{group} is not in the default config, so it is added with a +: {usage}{listed}"
-    full_key = getattr(cause, "full_key", None)
-    if message.startswith("Could not override '") and full_key:
-        override = message.split("'")[1]
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and full_key:
+        override = message.split("'")[1] if message.startswith("Could not override '") else str(full_key)
         parent, _, key = str(full_key).rpartition(".")
         if not parent and group_options(conf_dir, key) and override != key:  # `pruner.x=1` with no +pruner=
             options = group_options(conf_dir, key)

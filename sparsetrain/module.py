@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,6 +26,15 @@ class ClassificationModule(pl.LightningModule):
             `milestones` (fractions), `gamma`, `min_lr_factor`.
         label_smoothing: Cross-entropy label smoothing.
         example_input_shape: `(C, H, W)` of one input, used for FLOP counting and model summaries.
+        compile: Run the training, validation and test steps through `torch.compile(model)` (PyTorch 2).
+        compile_options: Keyword arguments of `torch.compile` (`backend`, `mode`, `dynamic`, `fullgraph`, ...).
+
+    Compiling: the compiled wrapper is built at the first step, after `SparsityCallback.setup` put the masks and
+    parametrizations on the network, and is never registered as a child: `state_dict`, checkpoints, exports and
+    resumes keep the network's own keys (no `_orig_mod.` prefix), and `forward` (model summaries, FLOP counting,
+    a user's inference) stays eager. Masks change in place at events, which the compiled graph reads as inputs
+    without recompiling; a switch of a method's phase (a soft mask enabled or hardened), of train/eval mode or a
+    change of the network's structure (finalize, slimming) recompiles once.
 
     Metrics: `train/loss`, `val/loss`, `val/acc`, `test/loss`, `test/acc`.
 
@@ -39,11 +49,17 @@ class ClassificationModule(pl.LightningModule):
         optim: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         example_input_shape: tuple[int, int, int] | None = None,
+        compile: bool = False,  # noqa: A002 - the config key's name
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"model.compile must be true or false, got {compile!r}")
         self.model = model
+        self.compile_enabled = compile  # not `self.compile`: that is `nn.Module.compile`
+        self.compile_options = dict(compile_options or {})
         self.optim = dict(optim or {"name": "sgd", "lr": 0.1})
         self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -55,10 +71,34 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What the steps call: the network, or its compiled wrapper when `compile` is on.
+
+        Built lazily and kept outside the module's children (so outside `state_dict`); rebuilt if `model` was
+        replaced. Dynamo guards on the network's structure and its tensors' metadata, so in-place mask updates
+        reuse the graph and a changed structure recompiles.
+        """
+        if not self.compile_enabled:
+            return self.model
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or compiled._orig_mod is not self.model:
+            compiled = torch.compile(self.model, **self.compile_options)
+            self.__dict__["_compiled"] = compiled  # not `self._compiled = ...`: that would register a child
+        return compiled
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network()(x) if self.compile_enabled else self(x)
+
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_compiled", None)  # a compiled wrapper does not pickle; it is rebuilt at the next step
+        return state
+
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(self._logits(x), y, label_smoothing=self.label_smoothing)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -70,7 +110,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self._logits(x)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         metric.update(logits, y)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)

@@ -189,11 +189,19 @@ def register_pruner(key: str):
     return wrap
 
 
+def _default_of(key: str, kwargs: dict[str, Any]) -> Any:
+    """The value a shared key has when nobody set it: None, or what `conf/pruner_shared/keys.yaml` gives every
+    method (the N:M shape 2:4; sparsity 0.9, or the one N:M implies)."""
+    if key == "sparsity":
+        return default_sparsity(kwargs.get("granularity", "unstructured"), kwargs.get("n", 2), kwargs.get("m", 4), 0.9)
+    return {"n": 2, "m": 4}.get(key)
+
+
 class ConfiguredPruner(SharedKeys):
     """Records every constructor's arguments, so `describe()` (results.json `pruner_config`) cannot drift.
 
-    `unused_keys` are shared keys a method ignores: its YAML declares them null (so the CLI knows them) and any
-    other value is refused in one line instead of being silently dropped.
+    `unused_keys` are shared keys a method ignores, declared here only: at their default (`None`, or the shared
+    YAML's value) they are dropped, any other value is refused in one line instead of being silently ignored.
     """
 
     key: ClassVar[str] = "base"
@@ -210,13 +218,14 @@ class ConfiguredPruner(SharedKeys):
         @functools.wraps(init)
         def recording_init(self, *args: Any, **kwargs: Any) -> None:
             if not hasattr(self, "_config"):  # the user-facing call: refuse keys this method does not use
-                unused = sorted(k for k in self.unused_keys if kwargs.get(k) is not None)
+                left = {k: v for k, v in kwargs.items() if k in self.unused_keys and v == _default_of(k, kwargs)}
+                unused = sorted(k for k in self.unused_keys if k in kwargs and k not in left)
                 if unused:
                     raise ValueError(
                         f"pruner.{unused[0]} is not used by {self.key} ({type(self).__name__}); leave it unset "
                         f"(keys this method ignores: {', '.join(self.unused_keys)})"
                     )
-                kwargs = {k: v for k, v in kwargs.items() if not (k in self.unused_keys and v is None)}
+                kwargs = {k: v for k, v in kwargs.items() if k not in left}
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
             config = getattr(self, "_config", {})

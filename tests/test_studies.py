@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparsetrain.cli import _job_overrides, check_command_line
-from sparsetrain.sweep_summary import collect
+from sparsetrain.sweep_summary import collect, write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -24,6 +25,14 @@ GRID = {
     "structured_channel": 2 * 2 * 2,
     "structured_lapp": 2 * 2,
     "structured_nm": 4 * 2,
+    "family_resnet18": 4,
+    "family_resnet18_dense": 1,
+    "family_resnet18_lapp": 1,
+    "family_vit": 4,
+    "family_vit_dense": 1,
+    "gpu_unstructured": 7 * 3 * 2,
+    "gpu_unstructured_dense": 2,
+    "gpu_unstructured_imp": 2,
 }
 
 
@@ -33,10 +42,51 @@ def test_every_study_config_is_known_here():
 
 @pytest.mark.parametrize("study", STUDY_CONFIGS)
 def test_every_job_of_a_study_is_composed_and_checked_before_any_runs(study):
-    jobs = _job_overrides([f"experiment={study}"], multirun=True, conf_dir=CONF)
+    cpu = ["trainer.accelerator=cpu"] if study.startswith("gpu_") and not torch.cuda.is_available() else []
+    jobs = _job_overrides([f"experiment={study}", *cpu], multirun=True, conf_dir=CONF)
     assert len(jobs) == GRID[study]
     assert len({" ".join(job) for job in jobs}) == len(jobs)
-    check_command_line(["train.py", "-m", f"experiment={study}"], CONF)  # raises on the first bad job
+    check_command_line(["train.py", "-m", f"experiment={study}", *cpu], CONF)  # raises on the first bad job
+
+
+def _composed(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set(a) | set(b)
+    out = set()
+    for k in keys:
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out |= _differences(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.add(f"{prefix}{k}")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("preset", "reference", "pruner", "differs"),
+    [
+        ("gpu_unstructured", "unstructured", "+pruner=bip", {"trainer.accelerator", "trainer.precision",
+                                                               "trainer.benchmark"}),
+        ("gpu_unstructured_imp", "unstructured_imp", "+pruner=imp", {"trainer.accelerator", "trainer.precision",
+                                                                   "trainer.benchmark"}),
+        ("family_resnet18", "unstructured", "+pruner=gmp", {"model.source", "model.name", "data.image_size",
+                                                           "logger.wandb.group"}),
+        ("family_vit", "unstructured", "+pruner=pdp", {"model.source", "model.name", "model.kwargs.patch_size",
+                                                        "data.image_size", "trainer.max_epochs", "logger.wandb.group"}),
+    ],
+)  # fmt: skip
+def test_a_preset_keeps_the_studys_protocol(preset, reference, pruner, differs):
+    """The GPU preset and the model-family configs change only what their headers say (the study's name and
+    folder, W&B group and parallel jobs aside): the same optimizer, steps, schedules and method settings."""
+    preset_cfg, reference_cfg = (_composed(f"experiment={e}", pruner) for e in (preset, reference))
+    assert _differences(preset_cfg, reference_cfg) == {"study", *differs}
 
 
 def test_a_bad_value_in_a_study_sweep_names_the_job(tmp_path):
@@ -113,13 +163,128 @@ def test_readme_tables_are_written_from_the_study_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "STUDIES", tmp_path)
     text = tables.table("unstructured")
     lines = text.splitlines()
-    assert lines[0] == "| method | 90 % | 95 % | 98 % | optimizer steps per run |"
-    assert "| dense | 0.9200 (1) | 0.9200 (1) | 0.9200 (1) | 1263 |" in lines
-    assert "| gmp | 0.9160 ± 0.0010 (2) |  |  | 1263 |" in lines
-    assert "| imp | 0.9280 (1) |  |  | 13893 |" in lines
+    assert lines[0] == "| method | 90 % | 95 % | 98 % | 2:4 | optimizer steps per run |"
+    assert "| dense | 0.9200 (1) | 0.9200 (1) | 0.9200 (1) | 0.9200 (1) | 1263 |" in lines
+    assert "| gmp | 0.9160 ± 0.0010 (2) |  |  |  | 1263 |" in lines
+    assert "| imp | 0.9280 (1) |  |  |  | 13893 |" in lines
     assert not any(line.startswith("| set") for line in lines)
     readme = "intro\n<!-- study:unstructured -->\nstale\n<!-- /study:unstructured -->\nend\n"
     rendered = f"intro\n<!-- study:unstructured -->\n{text}\n<!-- /study:unstructured -->\nend\n"
     assert tables.render(readme, ("unstructured",)) == rendered
     assert tables.render(readme.replace("stale\n", ""), ("unstructured",)) == rendered  # an empty block too
     assert tables.render(rendered, ("unstructured",)) == rendered
+
+
+def _run(runs: Path, job: str, pruner: str | None, test_acc: float, steps: int = 1263, flops: float = 1.0,
+         **config) -> Path:  # fmt: skip
+    """A finished job's results.json, as train.py writes it (the keys the collector reads)."""
+    (runs / job).mkdir(parents=True)
+    seed = int(job.rsplit("seed", 1)[1].split("/")[0])
+    results = {"pruner": pruner, "seed": seed, "test_acc": test_acc, "val_acc": test_acc, "steps": steps,
+               "sparsity": config.get("sparsity", 0.0), "flops_dense": 10**6, "flops_sparse": round(10**6 * flops),
+               "pruner_config": config or None}  # fmt: skip
+    (runs / job / "results.json").write_text(json.dumps(results))
+    return runs / job
+
+
+def _studies(tmp_path: Path, monkeypatch) -> Path:
+    """Synthetic runs of the unstructured, structured and family studies, collected into their CSVs."""
+    from experiments.studies import data, plot
+
+    un, st, fam = (tmp_path / s / "runs" for s in ("unstructured", "structured", "family"))
+    _run(un, "dense_seed0", None, 0.92)
+    _run(un, "gmp_s0.9_seed0", "gmp", 0.915, sparsity=0.9, granularity="unstructured")
+    _run(un, "gmp_s0.9_seed1", "gmp", 0.917, sparsity=0.9, granularity="unstructured")
+    _run(un, "bip_s0.9_seed0", "bip", 0.914, sparsity=0.9, granularity="unstructured", warmup=0.3)  # dense start
+    imp = _run(un, "imp_s0.98_seed0", "imp", 0.90, 3789, sparsity=0.98, granularity="unstructured")  # 3 rounds
+    rounds = [{"round": r, "sparsity": s, "val_acc": 0.9, "test_acc": a, "steps_done": 1263 * (r + 1),
+               "wall_s": 1.0} for r, (s, a) in enumerate(((0.0, 0.921), (0.9, 0.928), (0.98, 0.90)))]  # fmt: skip
+    (imp / "rounds.json").write_text(json.dumps(rounds))
+    nm = {"sparsity": 0.5, "granularity": "nm", "n": 2, "m": 4}
+    _run(st, "gmp_nm24_seed0", "gmp", 0.919, flops=0.49, **nm)  # 2:4 measures 0.49 of the FLOPs: not a budget
+    _run(st, "gmp_nm24_seed1", "gmp", 0.921, flops=0.49, **nm)
+    _run(st, "pdp_nm24_seed0", "pdp", 0.918, flops=0.5, **nm)
+    _run(st, "gmp_ch0.36_seed0", "gmp", 0.9185, flops=0.488, sparsity=0.36, granularity="channel")
+    _run(st, "gmp_ch0.46_seed0", "gmp", 0.9175, flops=0.396, sparsity=0.46, granularity="channel")
+    _run(st, "pdp_ch0.36_seed0", "pdp", 0.9165, flops=0.488, sparsity=0.36, granularity="channel")
+    _run(st, "lapp_f0.5_seed0", "lapp", 0.917, flops=0.4999, max_flops_ratio=0.5, granularity="channel")
+    _run(st, "lapp_f0.5_seed1", "lapp", 0.919, flops=0.4995, max_flops_ratio=0.5, granularity="channel")
+    _run(fam, "resnet18_dense_seed0", None, 0.93)
+    _run(fam, "resnet18_gmp_s0.9_seed0", "gmp", 0.90, flops=0.29, sparsity=0.9, granularity="unstructured")
+    _run(fam, "resnet18_lapp_f0.5_seed0", "lapp", 0.91, flops=0.5, max_flops_ratio=0.5, granularity="channel")
+    _run(fam, "vit_gmp_s0.9_seed0", "gmp", 0.85, steps=421, flops=0.1, sparsity=0.9, granularity="unstructured")
+    for runs in (un, st, fam):
+        write_summary(runs)
+    monkeypatch.setattr(data, "STUDIES", tmp_path)
+    monkeypatch.setattr(plot, "STUDIES", tmp_path)
+    return tmp_path
+
+
+def test_the_unstructured_table_has_a_2_4_column_from_the_structured_studys_nm_runs(tmp_path, monkeypatch):
+    from experiments.studies import tables
+
+    _studies(tmp_path, monkeypatch)
+    lines = tables.table("unstructured").splitlines()
+    assert lines[0] == "| method | 90 % | 95 % | 98 % | 2:4 | optimizer steps per run |"
+    assert "| dense | 0.9200 (1) | 0.9200 (1) | 0.9200 (1) | 0.9200 (1) | 1263 |" in lines
+    assert "| gmp | 0.9160 ± 0.0010 (2) |  |  | 0.9200 ± 0.0010 (2) | 1263 |" in lines  # gmp_nm24_seed0, seed1
+    assert "| pdp |  |  |  | 0.9180 (1) | 1263 |" in lines  # a method with its 2:4 run only
+    # compute: BiP's dense start is part of its run's steps; an IMP round counts every round up to it (2 × 1263)
+    assert "| bip | 0.9140 (1) |  |  |  | 1263 |" in lines
+    # its last round is the run's own network: one cell entry, not two (the run's row and its round's)
+    assert "| imp | 0.9280 (1) |  | 0.9000 (1) |  | 2526, 3789 |" in lines
+    structured = tables.table("structured").splitlines()
+    assert structured[0] == "| method | 0.5 of dense FLOPs | 0.4 of dense FLOPs | optimizer steps per run |"
+    assert "| gmp | 0.9185 (1) | 0.9175 (1) | 1263 |" in structured  # channel runs only: no 2:4 run in a budget
+    assert "| pdp | 0.9165 (1) |  | 1263 |" in structured
+    assert "| lapp | 0.9180 ± 0.0010 (2) |  | 1263 |" in structured
+
+
+def test_the_family_table_puts_each_model_in_its_column_beside_resnet20(tmp_path, monkeypatch):
+    from experiments.studies import tables
+
+    _studies(tmp_path, monkeypatch)
+    lines = tables.table("family").splitlines()
+    assert lines[0] == ("| method | ResNet-20, 28 px | timm resnet18, 32 px | ViT-Tiny (patch 4), 32 px | "
+                        "optimizer steps per run |")  # fmt: skip
+    assert "| dense | 0.9200 (1) | 0.9300 (1) |  | 1263 |" in lines
+    assert "| gmp 90 % | 0.9160 ± 0.0010 (2) | 0.9000 (1) | 0.8500 (1) | 421, 1263 |" in lines
+    assert "| bip 90 % | 0.9140 (1) |  |  | 1263 |" in lines
+    assert "| lapp 0.5 of dense FLOPs | 0.9180 ± 0.0010 (2) | 0.9100 (1) |  | 1263 |" in lines
+
+
+def test_the_readme_has_a_block_for_every_study_table_and_the_gpu_preset_is_printed_only(tmp_path, monkeypatch, capsys):
+    from experiments.studies import tables
+
+    readme = tables.README.read_text()
+    assert tables.render(readme).count("<!-- study:") == len(tables.IN_README)
+    assert "gpu_unstructured" not in tables.IN_README and "family" in tables.IN_README
+    monkeypatch.setattr(tables, "README", tmp_path / "README.md")  # never written by --print
+    tables.main(["--print", "gpu_unstructured"])
+    assert capsys.readouterr().out.startswith("| method | 90 % | 95 % | 98 % | optimizer steps per run |")
+
+
+def test_the_structured_study_draws_accuracy_against_measured_flops(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.studies import plot
+
+    _studies(tmp_path, monkeypatch)
+    fig, ax = plt.subplots()
+    plot.accuracy_vs_flops("structured", ax)
+    lines = {c.get_label(): c for c in ax.containers}  # one errorbar per method; 2:4 runs left out
+    assert set(lines) == {"channel gmp", "channel pdp", "lapp"}
+    xs, ys = lines["channel gmp"].lines[0].get_data()
+    assert list(xs) == pytest.approx([0.396, 0.488]) and list(ys) == pytest.approx([0.9175, 0.9185])
+    xs, ys = lines["lapp"].lines[0].get_data()
+    assert list(xs) == pytest.approx([0.4997]) and list(ys) == pytest.approx([0.918])  # mean of the seeds
+    plt.close(fig)
+    for study in ("structured", "unstructured", "family"):
+        plot.main([study])
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/plots/*.png")}
+    expected = {"structured/plots/accuracy_vs_flops.png", "structured/plots/accuracy_vs_sparsity.png",
+                "unstructured/plots/accuracy_vs_compute.png", "family/plots/sparsity_over_training.png"}  # fmt: skip
+    assert expected <= names

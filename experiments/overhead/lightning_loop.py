@@ -21,8 +21,14 @@ seeded RNG. A variant's figure is the median of its per-round values, with the s
 rounds; its ratio is the median of per-round ratios to dense of the same round. A difference inside the
 spread is "within noise".
 
+Compiled rows (`*_compiled`, not in the default list): the same fit with `ClassificationModule(compile=True)`
+(`model.compile=true`; `--compile-backend`, `--compile-mode`), compiled afresh inside the warm-up steps of each fit;
+their ratios are also given to compiled dense, which their verdicts use, and each fit records the graphs it
+compiled (`state_at_end.compiled_graphs`: 1, no recompile at mask events).
+
     .venv/bin/python -m experiments.overhead.lightning_loop --model resnet20 --batch 8
     .venv/bin/python -m experiments.overhead.lightning_loop --model vit --batch 128 --device cuda --precision bf16-mixed
+    .venv/bin/python -m experiments.overhead.lightning_loop --variants dense,pdp,dense_compiled,pdp_compiled
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch._dynamo
 from pytorch_lightning.callbacks import ModelPruning
+from torch._dynamo.utils import counters
 from torch.nn.utils.prune import BasePruningMethod
 from typing_extensions import override
 
@@ -71,7 +79,13 @@ PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lapp": ("lapp", {"max_flops_ratio": LAPP_FLOPS, "begin": 0.0, "end": 1.0, "update_every": EVERY}),
     "lapp_slim": ("lapp", {"max_flops_ratio": LAPP_FLOPS, "begin": 0.0, "end": 0.0, "update_every": EVERY}),
 }
-VARIANTS = ("dense", "hooks", *PRUNERS)
+# Compiled rows: the same fit with `ClassificationModule(compile=True)` (`model.compile=true`), for dense and a few
+# methods: the hard masks (magnitude, GMP's events) and PDP's soft mask, which the compiler fuses into the forward.
+# Not in the default list (inductor compiles for about a minute per fit on a CPU): `--variants ...,pdp_compiled`.
+COMPILED_SUFFIX = "_compiled"
+COMPILED = ("dense_compiled", "magnitude_compiled", "gmp_compiled", "pdp_compiled")
+EAGER_VARIANTS = ("dense", "hooks", *PRUNERS)
+VARIANTS = (*EAGER_VARIANTS, *COMPILED)
 # Issue 11's targets (× dense): hard masks on the GPU at batch 128/512, and the CPU proxy at batch 8; BiP's
 # (issue 14) is 2× on both (a score step and a top-k projection every step).
 TARGETS = {
@@ -116,6 +130,8 @@ class Config:
     threads: int | None
     sync_debug: bool
     seed: int
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
 
     @property
     def total_steps(self) -> int:
@@ -169,8 +185,14 @@ class PruneAtTrainStart(ModelPruning):
         self.apply_pruning(self.amount)
 
 
+def base_variant(variant: str) -> str:
+    """`pdp` for `pdp_compiled`: the variant a compiled row compiles."""
+    return variant.removesuffix(COMPILED_SUFFIX)
+
+
 def variant_callbacks(variant: str, cfg: Config, net: torch.nn.Module) -> tuple[list[pl.Callback], Pruner | None]:
     """The callbacks a user adds for this variant (none for dense) and its pruner; the same layers in every one."""
+    variant = base_variant(variant)
     if variant == "dense":
         return [], None
     if variant == "hooks":
@@ -262,6 +284,8 @@ class WindowProbe(pl.Callback):
         if hooked:
             zeros = sum(int((m.weight_mask == 0).sum()) for m in hooked)
             self.state["hook_mask_sparsity"] = zeros / sum(m.weight_mask.numel() for m in hooked)
+        if getattr(pl_module, "compile_enabled", False):  # compiled rows: the graphs this fit compiled
+            self.state["compiled_graphs"] = counters["stats"]["unique_graphs"]
         if self.pruner is not None:
             self.state["pruner_events"] = self.pruner.events
             self.state["mask_sparsity"] = self.pruner.global_sparsity()
@@ -325,10 +349,20 @@ def run_fit(variant: str, cfg: Config) -> dict[str, Any]:
         image_size=spec.image_size,
         **spec.kwargs,
     )
+    compiled = variant.endswith(COMPILED_SUFFIX)
+    if compiled:  # every compiled fit compiles afresh, inside its warm-up steps, and counts its own graphs
+        torch._dynamo.reset()
+        counters.clear()
+    options = {"backend": cfg.compile_backend, **({"mode": cfg.compile_mode} if cfg.compile_mode else {})}
     module = ClassificationModule(
-        net, NUM_CLASSES, optim=OPTIM, example_input_shape=(spec.in_chans, spec.image_size, spec.image_size)
+        net,
+        NUM_CLASSES,
+        optim=OPTIM,
+        example_input_shape=(spec.in_chans, spec.image_size, spec.image_size),
+        compile=compiled,
+        compile_options=options if compiled else None,
     )
-    timer = StepTimer(cfg, sync_debug=cfg.sync_debug and variant in PRUNERS)
+    timer = StepTimer(cfg, sync_debug=cfg.sync_debug and base_variant(variant) in PRUNERS)
     callbacks, pruner = variant_callbacks(variant, cfg, net)
     probe = WindowProbe(cfg, pruner)
     trainer = make_trainer(cfg, [timer, *callbacks, probe])
@@ -358,13 +392,18 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def summarize_variant(variant: str, rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Per-round figures of one variant and their ratios to dense of the same round, over rounds."""
+    """Per-round figures of one variant and their ratios to dense of the same round, over rounds; a compiled
+    row also to compiled dense (`*_ratio_compiled`) when that was measured."""
     out: dict[str, Any] = {}
+    compiled_dense = "dense" + COMPILED_SUFFIX
     for key in ("step_median_ms", "mean_ms"):
         values = [r[variant][key] for r in rounds]
         ratios = [r[variant][key] / r["dense"][key] for r in rounds]
         out[key] = spread(values)
         out[key.replace("_ms", "_ratio")] = spread(ratios)
+        if variant.endswith(COMPILED_SUFFIX) and compiled_dense in rounds[0]:
+            ratios = [r[variant][key] / r[compiled_dense][key] for r in rounds]
+            out[key.replace("_ms", "_ratio_compiled")] = spread(ratios)
     return out
 
 
@@ -378,22 +417,30 @@ def verdict(ratio: dict[str, float], target: float | None, rounds: int) -> str:
     return result
 
 
+def _ratio(r: dict[str, float] | None) -> str:
+    return "—" if r is None else f"{r['median']:.3f} ({r['min']:.3f}–{r['max']:.3f})"
+
+
 def table_rows(cfg: Config, summary: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One row per variant: both figures, their spreads, ratios to dense, the issue's target and verdicts."""
+    """One row per variant: both figures, their spreads, ratios to dense (compiled rows: also to compiled dense,
+    which their verdicts use), the issue's target and verdicts."""
     rows = []
     for variant in cfg.variants:
         s = summary[variant]
-        target = TARGETS[cfg.device].get(variant)
+        target = TARGETS[cfg.device].get(base_variant(variant))
         step, mean = s["step_median_ms"], s["mean_ms"]
-        step_r, mean_r = s["step_median_ratio"], s["mean_ratio"]
+        compiled_r = s.get("step_median_ratio_compiled")
+        step_r = compiled_r or s["step_median_ratio"]
+        mean_r = s.get("mean_ratio_compiled") or s["mean_ratio"]
         rows.append(
             [
                 variant,
                 f"{step['median']:.2f}",
                 f"{step['min']:.2f}–{step['max']:.2f}",
-                f"{step_r['median']:.3f} ({step_r['min']:.3f}–{step_r['max']:.3f})",
+                _ratio(s["step_median_ratio"]),
+                _ratio(compiled_r),
                 f"{mean['median']:.2f}",
-                f"{mean_r['median']:.3f} ({mean_r['min']:.3f}–{mean_r['max']:.3f})",
+                _ratio(mean_r),
                 "—" if target is None else f"≤ {target:.2f}",
                 verdict(step_r, target, cfg.rounds),
                 verdict(mean_r, target, cfg.rounds),
@@ -407,8 +454,9 @@ TABLE_HEADER = [
     "ms/step (median)",
     "spread (ms)",
     "× dense (spread)",
+    "× dense compiled (spread)",
     "mean incl. events (ms)",
-    "× dense incl. events (spread)",
+    "× dense incl. events (spread; compiled rows: × dense compiled)",
     "target",
     "step",
     "incl. events",
@@ -426,10 +474,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path]:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (every variant once per round)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {','.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(EAGER_VARIANTS), help=f"comma list out of {','.join(VARIANTS)}")
     parser.add_argument("--update-every", type=int, default=50, help="steps between update events (all pruners)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="model, data and round-order seed")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the *_compiled rows")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode of the *_compiled rows")
     parser.add_argument(
         "--sync-debug",
         action="store_true",

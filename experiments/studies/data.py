@@ -7,6 +7,7 @@ collector's CSV, rewritten at the end of every sweep and by `python -m sparsetra
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STUDIES = Path(__file__).resolve().parent
+NM_JOB = re.compile(r"(?P<method>\w+?)_nm(?P<n>\d)(?P<m>\d)_seed\d+")  # structured_nm's jobs: gmp_nm24_seed0
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class Cell:
     """Every seed of one method at one setting."""
 
     method: str
-    setting: float | None  # the target sparsity (None: dense)
+    setting: float | str | None  # the target sparsity, FLOPs budget, "2:4", a model (None: dense)
     test_acc: tuple[float, ...]
     steps: tuple[int, ...]
     train_time_s: tuple[float, ...]
@@ -61,19 +63,39 @@ def target_setting(row: dict[str, str], settings: tuple[float, ...]) -> float | 
 
 
 def flops_setting(row: dict[str, str], settings: tuple[float, ...]) -> float | None:
-    """The setting of a row of a FLOPs-budget study: the budget its measured FLOPs ratio meets (within 0.02)."""
+    """The setting of a row of a FLOPs-budget study: the budget its measured FLOPs ratio meets (within 0.02).
+    N:M runs share the structured study but have no FLOPs budget: left out (their column is `nm_setting`'s)."""
     if row["pruner"] == "dense":
         return None
+    if row.get("granularity") == "nm" or NM_JOB.fullmatch(row["job"]):
+        return -1.0
     ratio = float(row["flops_ratio"]) if row.get("flops_ratio") else -1.0
     return next((s for s in settings if s - 0.02 <= ratio <= s + 1e-9), -1.0)
 
 
+def nm_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
+    """The setting of an N:M run ("2:4"), from its job's name (`<pruner>_nm<n><m>_seed<seed>`); "" otherwise."""
+    match = NM_JOB.fullmatch(row["job"])
+    if not match or row.get("granularity") not in (None, "", "nm"):
+        return ""
+    return f"{match['n']}:{match['m']}"
+
+
+def model_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
+    """The setting of a row of a model-family study: the model its job is named after (`<model>_<method>_...`)."""
+    return row["job"].split("_", 1)[0]
+
+
 def cells(
-    study: str, settings: tuple[float, ...], setting_of: Callable = target_setting
-) -> dict[tuple[str, float | None], Cell]:
+    study: str, settings: tuple, setting_of: Callable = target_setting
+) -> dict[tuple[str, float | str | None], Cell]:
     """(method, setting) -> its cell; rows outside `settings` (other IMP rounds, other budgets) are left out."""
-    grouped: dict[tuple[str, float | None], list[dict[str, str]]] = defaultdict(list)
-    for row in read_rows(study):
+    grouped: dict[tuple[str, float | str | None], list[dict[str, str]]] = defaultdict(list)
+    rows = read_rows(study)
+    with_rounds = {r["job"].rsplit("/round", 1)[0] for r in rows if "/round" in r["job"]}
+    for row in rows:
+        if row["job"] in with_rounds:  # an IMP run whose rounds are listed: its last round is this same network
+            continue
         setting = setting_of(row, settings)
         if setting is None or setting in settings:
             grouped[(row["pruner"], setting)].append(row)
@@ -87,3 +109,26 @@ def cells(
         )
         for key, rows in grouped.items()
     }
+
+
+@dataclass(frozen=True)
+class Point:
+    """Every seed of one job of a study (its name without `_seed<n>`): measured FLOPs ratio and accuracy."""
+
+    method: str  # "<granularity> <pruner>", e.g. "channel gmp"
+    job: str
+    flops_ratio: tuple[float, ...]
+    test_acc: tuple[float, ...]
+
+
+def flops_points(study: str, granularity: str = "channel") -> list[Point]:
+    """The study's finished runs of one granularity that measured their FLOPs (`flops_ratio` = flops_sparse /
+    flops_dense of results.json), grouped over seeds, in the CSV's order."""
+    grouped: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    for row in read_rows(study):
+        if row["pruner"] != "dense" and row.get("granularity") == granularity and row.get("flops_ratio"):
+            grouped[(f"{granularity} {row['pruner']}", re.sub(r"_seed\d+$", "", row["job"]))].append(row)
+    return [
+        Point(method, job, tuple(float(r["flops_ratio"]) for r in rows), tuple(float(r["test_acc"]) for r in rows))
+        for (method, job), rows in grouped.items()
+    ]

@@ -1,5 +1,6 @@
 """A study's figures, from its CSV and its runs' metrics: accuracy against sparsity (seed spread per method),
-accuracy against compute (optimizer steps) for IMP, BiP and GMP, and sparsity over training per method.
+accuracy against compute (optimizer steps) for IMP, BiP and GMP, sparsity over training per method, and (the
+structured study) accuracy against the FLOPs each run measured.
 
     python -m experiments.studies.plot unstructured   # -> experiments/studies/unstructured/plots/*.png
 """
@@ -9,8 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 
-from experiments.studies.data import STUDIES, cells, target_setting
+from experiments.studies.data import STUDIES, cells, flops_points, target_setting
 from experiments.studies.tables import LAYOUT
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend when something is drawn (an empty study draws empty axes, without a warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
 
 
 def accuracy_vs_sparsity(study: str, ax) -> None:
@@ -32,7 +39,7 @@ def accuracy_vs_sparsity(study: str, ax) -> None:
     by_flops = LAYOUT[study].setting_of is not target_setting
     xlabel = "FLOPs / dense (×100)" if by_flops else "sparsity (%)"
     ax.set(xlabel=xlabel, ylabel="test accuracy", title="accuracy against the target (bars: seed range)")
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
 
 
 def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip", "gmp")) -> None:
@@ -45,7 +52,7 @@ def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip"
                 ax.scatter(sum(c.steps) / len(c.steps), c.mean, label=f"{method} {s * 100:g} %")
     ax.set(xscale="log", xlabel="optimizer steps (dense start counted)", ylabel="test accuracy",
            title="accuracy against compute")  # fmt: skip
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
 
 
 def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
@@ -55,7 +62,40 @@ def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), lw=1, label=metrics.parent.parent.name)
     ax.set(xlabel="optimizer step", ylabel="global sparsity", title=f"sparsity over training (seed {seed})")
-    ax.legend(fontsize=5, ncol=3)
+    _legend(ax, fontsize=5, ncol=3)
+
+
+def accuracy_vs_flops(study: str, ax, granularity: str = "channel", dense_from: str = "unstructured") -> None:
+    """Test accuracy against the measured FLOPs ratio (flops_sparse / flops_dense of each run's results.json),
+    one line per method through its budgets; bars: the seed range (accuracy, and FLOPs where seeds differ).
+    The dense band is the study's own dense runs, else those of `dense_from` (the same protocol)."""
+    points = flops_points(study, granularity)
+    dense = cells(study, LAYOUT[study].settings, LAYOUT[study].setting_of).get(("dense", None))
+    source = study
+    if dense is None and dense_from in LAYOUT:
+        dense, source = cells(dense_from, LAYOUT[dense_from].settings).get(("dense", None)), dense_from
+    if dense:
+        label = "dense (seed range)" if source == study else f"dense, {source} study (seed range)"
+        ax.axhspan(min(dense.test_acc), max(dense.test_acc), color="0.85", label=label)
+    for method in dict.fromkeys(p.method for p in points):
+        mine = sorted((p for p in points if p.method == method), key=lambda p: sum(p.flops_ratio))
+        xs = [sum(p.flops_ratio) / len(p.flops_ratio) for p in mine]
+        ys = [sum(p.test_acc) / len(p.test_acc) for p in mine]
+        yerr = [[y - min(p.test_acc) for p, y in zip(mine, ys, strict=True)],
+                [max(p.test_acc) - y for p, y in zip(mine, ys, strict=True)]]  # fmt: skip
+        xerr = [[x - min(p.flops_ratio) for p, x in zip(mine, xs, strict=True)],
+                [max(p.flops_ratio) - x for p, x in zip(mine, xs, strict=True)]]  # fmt: skip
+        label = method.removeprefix(f"{granularity} ") if method.endswith("lapp") else method
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
+    ax.set(xlabel="measured FLOPs / dense FLOPs", ylabel="test accuracy",
+           title="accuracy against FLOPs (bars: seed range)")  # fmt: skip
+    _legend(ax, fontsize=7)
+
+
+PLOTS = {  # the figures of a study (a study not listed: the first three)
+    "structured": ("accuracy_vs_sparsity", "accuracy_vs_flops", "sparsity_over_training"),  # steps: all 1263
+    "family": ("sparsity_over_training",),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,11 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
     out = STUDIES / args.study / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    for name, draw in (
-        ("accuracy_vs_sparsity", accuracy_vs_sparsity),
-        ("accuracy_vs_compute", accuracy_vs_compute),
-        ("sparsity_over_training", sparsity_over_training),
-    ):
+    names = PLOTS.get(args.study, ("accuracy_vs_sparsity", "accuracy_vs_compute", "sparsity_over_training"))
+    for name in names:
+        draw = globals()[name]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         draw(args.study, ax)
         fig.tight_layout()

@@ -2,6 +2,7 @@
 
     python -m experiments.studies.tables           # rewrite every study's block in README.md
     python -m experiments.studies.tables --check   # exit 1 when README.md is not what the CSVs give
+    python -m experiments.studies.tables --print gpu_unstructured   # one study's table (any study), printed
 
 A block is the text between `<!-- study:<name> -->` and `<!-- /study:<name> -->` in README.md.
 """
@@ -12,29 +13,75 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.studies.data import cells, flops_setting, target_setting
+from experiments.studies.data import Cell, cells, flops_setting, model_setting, nm_setting, target_setting
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @dataclass(frozen=True)
-class Layout:
-    """A study's table: its columns (settings), its rows (methods), how a row finds its column."""
+class Source:
+    """Where a column's cells come from: a study (None: the table's own), the setting, how a row finds it, and
+    the methods it serves (None: every method)."""
 
-    settings: tuple[float, ...]
+    study: str | None
+    setting: float | str | None
+    setting_of: Callable | None = None  # None: the table's own
+    methods: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of extra cells, taken from its first source that has the row's method."""
+
+    header: str
+    sources: tuple[Source, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A study's table: its columns (settings), its rows (methods), how a row finds its column; columns from
+    other studies after those (`extra`) or before them (`before`); row labels other than the method's name;
+    whether README.md has a block for it."""
+
+    settings: tuple[float | str, ...]
     methods: tuple[str, ...]
     setting_of: Callable = target_setting
     header: Callable[[float], str] = lambda s: f"{s * 100:g} %"
+    extra: tuple[Column, ...] = ()
+    before: tuple[Column, ...] = ()  # columns from other studies before the settings' own
+    labels: dict[str, str] = field(default_factory=dict)
+    readme: bool = True
+
+    def columns(self) -> tuple[Column, ...]:
+        return (*self.before, *(Column(self.header(s), (Source(None, s),)) for s in self.settings), *self.extra)
 
 
-LAYOUT = {
-    "unstructured": Layout(
-        (0.9, 0.95, 0.98), ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip")
+UNSTRUCTURED_METHODS = ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip")
+NM24 = Column("2:4", (Source("structured", "2:4", nm_setting), Source(None, None, methods=("dense",))))
+FAMILY_METHODS = ("dense", "gmp", "granet", "pdp", "bip", "lapp")
+RESNET20 = Column(
+    "ResNet-20, 28 px",
+    (
+        Source("unstructured", 0.9, target_setting, FAMILY_METHODS[:5]),
+        Source("structured", 0.5, flops_setting, ("lapp",)),
     ),
+)
+LAYOUT = {
+    "unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, extra=(NM24,)),
     "structured": Layout((0.5, 0.4), ("dense", "gmp", "pdp", "lapp"), flops_setting, lambda s: f"{s:g} of dense FLOPs"),
+    "family": Layout(
+        ("resnet18", "vit"),
+        FAMILY_METHODS,
+        model_setting,
+        {"resnet18": "timm resnet18, 32 px", "vit": "ViT-Tiny (patch 4), 32 px"}.get,
+        before=(RESNET20,),
+        labels={m: f"{m} 90 %" for m in FAMILY_METHODS[1:5]} | {"lapp": "lapp 0.5 of dense FLOPs"},
+    ),
+    # the GPU preset of the unstructured study (experiments/gpu/README.md): its own runs, not in README.md
+    "gpu_unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, readme=False),
 }
 
 
@@ -43,24 +90,49 @@ def _fmt(cell) -> str:
     return f"{cell.mean:.4f} ± {cell.spread:.4f} ({n})" if n > 1 else f"{cell.mean:.4f} (1)"
 
 
+def _lookup(found: dict, method: str, setting) -> Cell | None:
+    """A method's cell at a setting; the dense reference (setting None) stands in every column of its row."""
+    return found.get((method, setting)) or (found.get(("dense", None)) if method == "dense" else None)
+
+
 def table(study: str) -> str:
-    """Markdown: one row per method, one column per setting; test accuracy, mean ± half range (seeds)."""
+    """Markdown: one row per method, one column per setting; test accuracy, mean ± half range (seeds); the last
+    column is the compute: each run's optimizer steps (BiP's dense start is part of its run; an IMP round
+    counts every round's steps up to it)."""
     layout = LAYOUT[study]
-    settings, order = layout.settings, layout.methods
-    found = cells(study, settings, layout.setting_of)
-    head = ["method", *(layout.header(s) for s in settings), "optimizer steps per run"]
+    columns = layout.columns()
+    found: dict[tuple[str | None, tuple, Callable], dict] = {}
+
+    def cell(method: str, column: Column) -> Cell | None:
+        for src in column.sources:
+            if src.methods is not None and method not in src.methods:
+                continue
+            setting_of = src.setting_of or layout.setting_of
+            settings = layout.settings if src.study is None else (src.setting,)
+            key = (src.study or study, settings, setting_of)
+            if key not in found:
+                found[key] = cells(key[0], settings, setting_of)
+            if c := _lookup(found[key], method, src.setting):
+                return c
+        return None
+
+    head = ["method", *(c.header for c in columns), "optimizer steps per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in order:
-        row_cells = [found.get((method, None if method == "dense" else s)) for s in settings]
+    for method in layout.methods:
+        row_cells = [cell(method, c) for c in columns]
         if not any(row_cells):
             continue
         steps = sorted({st for c in row_cells if c for st in c.steps})
         values = [_fmt(c) if c else "" for c in row_cells]
-        lines.append("| " + " | ".join([method, *values, ", ".join(map(str, steps))]) + " |")
+        label = layout.labels.get(method, method)
+        lines.append("| " + " | ".join([label, *values, ", ".join(map(str, steps))]) + " |")
     return "\n".join(lines)
 
 
-def render(text: str, studies: tuple[str, ...] = tuple(LAYOUT)) -> str:
+IN_README = tuple(study for study, layout in LAYOUT.items() if layout.readme)
+
+
+def render(text: str, studies: tuple[str, ...] = IN_README) -> str:
     """`text` with every study's block replaced by its table."""
     for study in studies:
         block = re.compile(rf"(<!-- study:{study} -->\n)(?:.*?\n)?(<!-- /study:{study} -->)", re.S)
@@ -74,14 +146,18 @@ def render(text: str, studies: tuple[str, ...] = tuple(LAYOUT)) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the CSVs")
+    parser.add_argument("--print", choices=sorted(LAYOUT), dest="study", help="print this study's table only")
     args = parser.parse_args(argv)
+    if args.study:
+        print(table(args.study))
+        return
     old = README.read_text()
     new = render(old)
     if args.check:
         stale = "README.md's study tables differ from the CSVs: run python -m experiments.studies.tables"
         sys.exit(0 if new == old else stale)
     README.write_text(new)
-    print(f"wrote {len(LAYOUT)} study table(s) into {README}")
+    print(f"wrote {len(IN_README)} study table(s) into {README}")
 
 
 if __name__ == "__main__":

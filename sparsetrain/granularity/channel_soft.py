@@ -40,6 +40,10 @@ class ChannelMaskState:
     of its layers (and has no forward). The network carries only the parametrizations on the layers the
     groups scale and one pre-forward hook; the thresholds are saved in the pruner's state (`state_dict`).
     Plain floats: they follow no device and are converted to each score's dtype where they are used.
+
+    A compiled forward reads them from `scalars` instead, one tensor `[t2..., inv_tau..., gain]` that `publish`
+    rebuilds whenever they change: `torch.compile` guards a Python float on its value (a recompile at every
+    threshold refresh and annealing step, then the recompile limit and eager), a tensor on its metadata only.
     """
 
     def __init__(self, sizes: list[int], thresholds: bool = True) -> None:
@@ -50,6 +54,16 @@ class ChannelMaskState:
         self.enabled = False
         self.current: list[torch.Tensor] = []
         self.hooks: list[Any] = []
+        self.scalars: torch.Tensor | None = None  # what a compiled forward reads; None: not published (floats)
+
+    def publish(self, device: torch.device) -> None:
+        """Mirror the thresholds and the gain into `scalars` on `device` (a new tensor: no recompile)."""
+        self.scalars = torch.tensor([*self.t2, *self.inv_tau, self.gain], dtype=torch.float32, device=device)
+
+    def set_gain(self, gain: float) -> None:
+        self.gain = gain
+        if self.scalars is not None:
+            self.scalars[-1].fill_(gain)  # in place: no host sync, no recompile
 
     def state_dict(self) -> dict[str, list[float]]:
         return {"t2": list(self.t2), "inv_tau": list(self.inv_tau)}
@@ -63,6 +77,7 @@ class ChannelMaskState:
                     f"{len(getattr(self, key))}: resume into the same model and pruner settings"
                 )
             setattr(self, key, values)
+        self.scalars = None  # stale until the next `publish` (the pruner's next threshold refresh)
 
 
 class ChannelSoftMask(nn.Module):
@@ -144,14 +159,23 @@ def _absorb_legacy(state: ChannelMaskState, module: nn.Module, state_dict: dict,
         values = getattr(state, kind, None) if kind in ("t2", "inv_tau") else None
         if values is not None and index.isdigit() and int(index) < len(values):
             values[int(index)] = float(value)
+            state.scalars = None
 
 
 def channel_masks(model: nn.Module, groups: list[ChannelGroup], state: ChannelMaskState) -> list[torch.Tensor]:
-    """Every group's soft channel mask m_c = σ((s_c² − t²)·inv_tau·gain) from the current weights."""
-    masks = []
+    """Every group's soft channel mask m_c = σ((s_c² − t²)·inv_tau·gain) from the current weights.
+
+    Compiled, the thresholds come from the published tensor (`ChannelMaskState.scalars`), the same float32
+    values, so the graph survives their changes; eager, from the floats.
+    """
+    masks, n = [], len(groups)
+    scalars = state.scalars if torch.compiler.is_compiling() else None
     for gi, group in enumerate(groups):
         s2 = group_scores(model, group)
-        masks.append(torch.sigmoid((s2 - state.t2[gi]) * state.inv_tau[gi] * state.gain))
+        if scalars is not None and scalars.device == s2.device:
+            masks.append(torch.sigmoid((s2 - scalars[gi]) * scalars[n + gi] * scalars[2 * n]))
+        else:
+            masks.append(torch.sigmoid((s2 - state.t2[gi]) * state.inv_tau[gi] * state.gain))
     return masks
 
 
@@ -201,7 +225,7 @@ class ChannelSoftMasks:
         self.state.enabled = enabled
 
     def set_gain(self, gain: float) -> None:
-        self.state.gain = gain
+        self.state.set_gain(gain)
 
     @torch.no_grad()
     def budgets(self, masks: MaskSet, weights: dict[str, str], sparsity: float, allocation: str) -> dict[str, float]:
@@ -230,6 +254,8 @@ class ChannelSoftMasks:
             scale = spread(s2) if normalize else 1.0
             state.inv_tau[i] = _f32(1.0 / (tau * max(scale, 1e-30)))
             group.expand(hard, new)
+        if self.groups:
+            state.publish(s2.device)
         for fqn, mask in new.items():
             masks.set(fqn, mask)
 
