@@ -146,7 +146,6 @@ def check_resume(cfg: DictConfig) -> Path | None:
     given = str(cfg.ckpt_path)
     path = resolve_checkpoint(given, "ckpt_path")
     if str(path) != given:
-        log.info("ckpt_path=%s: resuming from %s", given, path)
         with open_dict(cfg):
             cfg.ckpt_path = str(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -164,6 +163,7 @@ def check_resume(cfg: DictConfig) -> Path | None:
             "the model, data, optimizer and pruner settings are the same",
             path,
         )
+        _say_resuming(given, path)
         return path
     diffs = differences(recorded, run_settings(cfg), cfg.get("resume_allow_changes") or ())
     if diffs:
@@ -171,7 +171,14 @@ def check_resume(cfg: DictConfig) -> Path | None:
             f"ckpt_path={path} was written with other settings ({'; '.join(diffs)}): repeat the original run's "
             "overrides, or name the keys in resume_allow_changes=[...] to change them on purpose"
         )
+    _say_resuming(given, path)
     return path
+
+
+def _say_resuming(given: str, path: Path) -> None:
+    """Name the checkpoint a run directory resolved to, once it passed the checks (an error stays one line)."""
+    if str(path) != given:
+        log.info("ckpt_path=%s: resuming from %s", given, path)
 
 
 def _pruner_key(cfg: DictConfig) -> str | None:

@@ -248,9 +248,8 @@ def test_imp_snapshots_hold_each_rounds_trained_ticket(compose):
     ],
 )
 def test_user_errors_are_one_clear_line(compose, overrides, message):
-    cfg = compose(*overrides, fast=not overrides[0].startswith("data="))
     with pytest.raises(Exception) as info:  # noqa: PT011 - any user error; the message is what matters
-        run(cfg)
+        run(compose(*overrides, fast=not overrides[0].startswith("data=")))  # a typed key fails in compose
     line = one_line_error(info.value)
     assert line is not None and "\n" not in line
     assert __import__("re").search(message, line), line
