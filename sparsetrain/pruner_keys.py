@@ -218,7 +218,9 @@ class ConfiguredPruner(SharedKeys):
         @functools.wraps(init)
         def recording_init(self, *args: Any, **kwargs: Any) -> None:
             if not hasattr(self, "_config"):  # the user-facing call: refuse keys this method does not use
-                left = {k: v for k, v in kwargs.items() if k in self.unused_keys and v in (None, _default_of(k, kwargs))}
+                left = {
+                    k: v for k, v in kwargs.items() if k in self.unused_keys and v in (None, _default_of(k, kwargs))
+                }
                 unused = sorted(k for k in self.unused_keys if k in kwargs and k not in left)
                 if unused:
                     raise ValueError(
