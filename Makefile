@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 ARGS ?=
+# pytest-xdist processes for `make test` / `make test-all` (TEST_WORKERS=0: all in this process)
+TEST_WORKERS ?= 2
 
 .PHONY: setup data train test test-all lint format clean study study-report
 
@@ -53,10 +55,10 @@ study-report: setup
 	$(PY) -m experiments.studies.tables
 
 test: setup
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 test-all: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
