@@ -288,3 +288,24 @@ def test_the_structured_study_draws_accuracy_against_measured_flops(tmp_path, mo
     expected = {"structured/plots/accuracy_vs_flops.png", "structured/plots/accuracy_vs_sparsity.png",
                 "unstructured/plots/accuracy_vs_compute.png", "family/plots/sparsity_over_training.png"}  # fmt: skip
     assert expected <= names
+
+
+def test_compute_weights_each_phase_of_a_run_by_its_measured_step_time(tmp_path):
+    """BiP: dense start at 1, bi-level at `bip`, fine-tune at a masked step; IMP: round 0 dense, later rounds
+    masked; other methods at their own variant's cost. The committed benchmark has every variant used."""
+    from experiments.studies.compute import dense_step_equivalents, step_costs
+
+    costs = {"dense": 1.0, "magnitude": 1.1, "gmp": 1.2, "bip": 2.0}
+    (tmp_path / "bip_s0.9_seed0").mkdir()
+    (tmp_path / "bip_s0.9_seed0" / "results.json").write_text(json.dumps({"warmup_step": 300, "finetune_step": 800}))
+    bip = {"job": "bip_s0.9_seed0", "pruner": "bip", "steps": "1000"}
+    assert dense_step_equivalents(bip, tmp_path, costs) == pytest.approx(300 + 500 * 2.0 + 200 * 1.1)
+    no_results = {**bip, "job": "bip_s0.95_seed0"}  # phases unknown: every step costed as bi-level
+    assert dense_step_equivalents(no_results, tmp_path, costs) == pytest.approx(2000)
+    imp_round = {"job": "imp_s0.98_seed0/round2", "pruner": "imp", "steps": "3000"}
+    assert dense_step_equivalents(imp_round, tmp_path, costs) == pytest.approx(1000 + 2000 * 1.1)
+    assert dense_step_equivalents({"job": "gmp_s0.9_seed0", "pruner": "gmp", "steps": "1000"}, tmp_path, costs) == 1200
+    assert dense_step_equivalents({"job": "set_s0.9_seed0", "pruner": "set", "steps": "10"}, tmp_path, costs) == 11
+    assert dense_step_equivalents({"job": "dense_seed0", "pruner": "dense", "steps": "10"}, tmp_path, costs) == 10
+    assert dense_step_equivalents({"job": "x", "pruner": "gmp", "steps": ""}, tmp_path, costs) is None
+    assert {"dense", "magnitude", "gmp", "bip"} <= set(step_costs())

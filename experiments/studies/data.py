@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.studies.compute import dense_step_equivalents
+
 STUDIES = Path(__file__).resolve().parent
 NM_JOB = re.compile(r"(?P<method>\w+?)_nm(?P<n>\d)(?P<m>\d)_seed\d+")  # structured_nm's jobs: gmp_nm24_seed0
 
@@ -27,6 +29,7 @@ class Cell:
     test_acc: tuple[float, ...]
     steps: tuple[int, ...]
     train_time_s: tuple[float, ...]
+    compute: tuple[float, ...] = ()  # dense-step equivalents per seed (experiments/studies/compute.py)
 
     @property
     def mean(self) -> float:
@@ -91,7 +94,7 @@ def cells(
 ) -> dict[tuple[str, float | str | None], Cell]:
     """(method, setting) -> its cell; rows outside `settings` (other IMP rounds, other budgets) are left out."""
     grouped: dict[tuple[str, float | str | None], list[dict[str, str]]] = defaultdict(list)
-    rows = read_rows(study)
+    rows, runs = read_rows(study), STUDIES / study / "runs"
     with_rounds = {r["job"].rsplit("/round", 1)[0] for r in rows if "/round" in r["job"]}
     for row in rows:
         if row["job"] in with_rounds:  # an IMP run whose rounds are listed: its last round is this same network
@@ -106,6 +109,7 @@ def cells(
             tuple(float(r["test_acc"]) for r in rows),
             tuple(int(float(r["steps"])) for r in rows if r.get("steps")),
             tuple(float(r["train_time_s"]) for r in rows if r.get("train_time_s")),
+            tuple(c for r in rows if (c := dense_step_equivalents(r, runs)) is not None),
         )
         for key, rows in grouped.items()
     }

@@ -1,6 +1,6 @@
 """A study's figures, from its CSV and its runs' metrics: accuracy against sparsity (seed spread per method),
-accuracy against compute (optimizer steps) for IMP, BiP and GMP, sparsity over training per method, and (the
-structured study) accuracy against the FLOPs each run measured.
+accuracy against compute (optimizer steps weighted by measured step time, `compute.py`) for IMP, BiP and GMP,
+sparsity over training per method, and (the structured study) accuracy against the FLOPs each run measured.
 
     python -m experiments.studies.plot unstructured   # -> experiments/studies/unstructured/plots/*.png
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 
 from experiments.studies.data import STUDIES, cells, flops_points, target_setting
 from experiments.studies.tables import LAYOUT
@@ -43,15 +44,21 @@ def accuracy_vs_sparsity(study: str, ax) -> None:
 
 
 def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip", "gmp")) -> None:
+    """Each method's cells at the compute they cost (dense-step equivalents: BiP's dense start and bi-level steps,
+    every IMP round up to the one that lands on the setting), one color per method, one marker per setting."""
     settings = LAYOUT[study].settings
     found = cells(study, settings, LAYOUT[study].setting_of)
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    marker = dict(zip(settings, "os^vD", strict=False))
     for method in methods:
         for s in settings:
             c = found.get((method, s))
-            if c and c.steps:
-                ax.scatter(sum(c.steps) / len(c.steps), c.mean, label=f"{method} {s * 100:g} %")
-    ax.set(xscale="log", xlabel="optimizer steps (dense start counted)", ylabel="test accuracy",
-           title="accuracy against compute")  # fmt: skip
+            if c and c.compute:
+                lo, hi = c.mean - min(c.test_acc), max(c.test_acc) - c.mean
+                ax.errorbar(statistics.fmean(c.compute), c.mean, yerr=[[lo], [hi]], marker=marker.get(s, "o"),
+                            color=colors[method], capsize=3, label=f"{method} {s * 100:g} %")  # fmt: skip
+    ax.set(xscale="log", xlabel="compute: optimizer steps × measured step time, in dense steps",
+           ylabel="test accuracy", title="accuracy against compute (bars: seed range)")  # fmt: skip
     _legend(ax, fontsize=7, ncol=2)
 
 

@@ -1,0 +1,59 @@
+"""What a study run cost, in dense-step equivalents: its optimizer steps, each weighted by the measured time of
+that kind of step relative to a dense step.
+
+The step times are the Lightning-loop benchmark's at the studies' batch size (ResNet-20, batch 128, inside a real
+`Trainer`, CPU; `experiments/overhead/lightning_resnet20_b128_cpu.json`, from `python -m
+experiments.overhead.lightning_loop --model resnet20 --batch 128`), the median over its rounds of each variant's
+mean step time over dense's. Which steps cost what:
+
+- BiP: its dense start (`warmup_step` steps of its results.json) at a dense step's cost, its bi-level steps at
+  `bip`'s, its fine-tune (from `finetune_step`) at a masked step's (`magnitude`: masks on, no events). Without
+  results.json every step is costed as bi-level (an upper bound).
+- IMP: a round is a whole budget; round 0 trains dense, every later round with its mask (`magnitude`'s cost).
+- Every other method: all steps at its own variant's cost (its mask events included), `magnitude`'s when the
+  benchmark has no variant of that name; dense at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "overhead" / "lightning_resnet20_b128_cpu.json"
+ROUND_JOB = re.compile(r"(?P<run>.+)/round(?P<round>\d+)")
+
+
+@cache
+def step_costs(path: Path = BENCHMARK) -> dict[str, float]:
+    """Each benchmarked variant's step time over a dense step's (median over the benchmark's rounds)."""
+    summary = json.loads(path.read_text())["summary"]
+    return {variant: float(stats["mean_ratio"]["median"]) for variant, stats in summary.items()}
+
+
+def _results(runs: Path, job: str) -> dict:
+    path = runs / job / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def dense_step_equivalents(row: dict[str, str], runs: Path, costs: dict[str, float] | None = None) -> float | None:
+    """The compute of one row of a study's CSV (None when it recorded no steps)."""
+    if not row.get("steps"):
+        return None
+    costs = costs or step_costs()
+    steps, method = float(row["steps"]), row["pruner"]
+    masked = costs["magnitude"]
+    if method == "dense":
+        return steps
+    if (match := ROUND_JOB.fullmatch(row["job"])) is not None:  # an IMP round: `steps` counts every round to it
+        per_round = steps / (int(match["round"]) + 1)
+        return per_round + (steps - per_round) * masked
+    if method == "bip":
+        results = _results(runs, row["job"])
+        if "warmup_step" not in results:
+            return steps * costs["bip"]
+        dense = float(results["warmup_step"])
+        finetune = steps - float(results.get("finetune_step") or steps)
+        return dense + (steps - dense - finetune) * costs["bip"] + finetune * masked
+    return steps * costs.get(method, masked)
