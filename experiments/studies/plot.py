@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import re
 import statistics
+from pathlib import Path
 
 from experiments.studies.data import STUDIES, cells, flops_points, target_setting
 from experiments.studies.tables import LAYOUT
@@ -62,14 +65,40 @@ def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip"
     _legend(ax, fontsize=7, ncol=2)
 
 
+TARGET_IN_JOB = re.compile(r"_s(0\.\d+)_")  # a sparsity study's job: gmp_s0.95_seed0
+
+
+def _dense_until(run: Path) -> bool:
+    """Whether a run trained dense until its first logged sparsity: BiP's dense start (`warmup_step` in its
+    results.json) and one-shot magnitude pruning log no sparsity before their first mask."""
+    path = run / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    return "warmup_step" in results or results.get("pruner") == "magnitude"
+
+
 def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
+    """Global sparsity against the optimizer step of every seed-`seed` run: one color per method, one line style
+    per target (a method's legend entry once)."""
+    styles, colors, labelled = ["-", "--", ":", "-."], {}, set()
+    targets = sorted({float(m[1]) for p in (STUDIES / study / "runs").glob("*") if (m := TARGET_IN_JOB.search(p.name))})
     for metrics in sorted((STUDIES / study / "runs").glob(f"*_seed{seed}/csv/metrics.csv")):
+        run = metrics.parent.parent
         with metrics.open() as f:
             pts = [(int(r["step"]), float(r["sparsity/global"])) for r in csv.DictReader(f) if r.get("sparsity/global")]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), lw=1, label=metrics.parent.parent.name)
+        if not pts:
+            continue
+        if pts[0][0] > 0 and _dense_until(run):
+            pts = [(0, 0.0), (pts[0][0], 0.0), *pts]
+        method = run.name.split("_", 1)[0]
+        target = TARGET_IN_JOB.search(run.name)
+        color = colors.setdefault(method, f"C{len(colors)}")
+        style = styles[targets.index(float(target[1])) % len(styles)] if target else "-"
+        ax.plot(*zip(*pts, strict=True), lw=1, color=color, ls=style, label=None if method in labelled else method)
+        labelled.add(method)
+    for target, style in zip(targets, styles, strict=False):
+        ax.plot([], [], color="0.3", ls=style, lw=1, label=f"target {target * 100:g} %")
     ax.set(xlabel="optimizer step", ylabel="global sparsity", title=f"sparsity over training (seed {seed})")
-    _legend(ax, fontsize=5, ncol=3)
+    _legend(ax, fontsize=6, ncol=2)
 
 
 def accuracy_vs_flops(study: str, ax, granularity: str = "channel", dense_from: str = "unstructured") -> None:
