@@ -149,14 +149,14 @@ def test_readme_tables_are_written_from_the_study_csv(tmp_path, monkeypatch):
 
     runs = tmp_path / "unstructured" / "runs"
     runs.mkdir(parents=True)
-    fields = ["job", "pruner", "target", "seed", "sparsity", "test_acc", "steps"]
+    fields = ["job", "pruner", "target", "seed", "sparsity", "test_acc", "steps", "train_time_s"]
     rows = [
-        ["dense_seed0", "dense", "", "0", "0", "0.9200", "1263"],
-        ["gmp_s0.9_seed0", "gmp", "0.9", "0", "0.9", "0.9150", "1263"],
-        ["gmp_s0.9_seed1", "gmp", "0.9", "1", "0.9", "0.9170", "1263"],
-        ["imp_s0.98_seed0/round10", "imp", "", "0", "0.90004", "0.9280", "13893"],
-        ["imp_s0.98_seed0/round11", "imp", "", "0", "0.9206", "0.9270", "15156"],  # not a study setting
-        ["set_s0.95_seed0", "set", "0.95", "0", "0.95", "", ""],  # unfinished: left out
+        ["dense_seed0", "dense", "", "0", "0", "0.9200", "1263", "1800"],
+        ["gmp_s0.9_seed0", "gmp", "0.9", "0", "0.9", "0.9150", "1263", "1800"],
+        ["gmp_s0.9_seed1", "gmp", "0.9", "1", "0.9", "0.9170", "1263", "1800"],
+        ["imp_s0.98_seed0/round10", "imp", "", "0", "0.90004", "0.9280", "13893", "900"],  # part of its run's time
+        ["imp_s0.98_seed0/round11", "imp", "", "0", "0.9206", "0.9270", "15156", "900"],  # not a study setting
+        ["set_s0.95_seed0", "set", "0.95", "0", "0.95", "", "", ""],  # unfinished: left out
     ]
     with open(runs / "summary.csv", "w", newline="") as f:
         csv.writer(f).writerows([fields, *rows])
@@ -168,6 +168,7 @@ def test_readme_tables_are_written_from_the_study_csv(tmp_path, monkeypatch):
     assert "| gmp | 0.9160 ± 0.0010 (2) |  |  |  | 1263 |" in lines
     assert "| imp | 0.9280 (1) |  |  |  | 13893 |" in lines
     assert not any(line.startswith("| set") for line in lines)
+    assert lines[-1] == "Wall time of its 3 runs: 1.5 h of training (sum of `train_time_s`)."
     readme = "intro\n<!-- study:unstructured -->\nstale\n<!-- /study:unstructured -->\nend\n"
     rendered = f"intro\n<!-- study:unstructured -->\n{text}\n<!-- /study:unstructured -->\nend\n"
     assert tables.render(readme, ("unstructured",)) == rendered

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.studies.data import Cell, cells, flops_setting, model_setting, nm_setting, target_setting
+from experiments.studies.data import (
+    Cell,
+    cells,
+    flops_setting,
+    model_setting,
+    nm_setting,
+    read_rows,
+    target_setting,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -126,7 +134,18 @@ def table(study: str) -> str:
         values = [_fmt(c) if c else "" for c in row_cells]
         label = layout.labels.get(method, method)
         lines.append("| " + " | ".join([label, *values, ", ".join(map(str, steps))]) + " |")
+    if wall := wall_time(study):
+        lines += ["", wall]
     return "\n".join(lines)
+
+
+def wall_time(study: str) -> str:
+    """One line: the training time the study's own runs took on the machine that ran them (sum of their
+    `train_time_s`; an IMP run's rounds are part of its run)."""
+    times = [float(r["train_time_s"]) for r in read_rows(study) if r.get("train_time_s") and "/round" not in r["job"]]
+    if not times:
+        return ""
+    return f"Wall time of its {len(times)} runs: {sum(times) / 3600:.1f} h of training (sum of `train_time_s`)."
 
 
 IN_README = tuple(study for study, layout in LAYOUT.items() if layout.readme)
