@@ -53,6 +53,8 @@ study-report: setup
 	$(PY) -m sparsetrain.sweep_summary experiments/studies/$(STUDY)/runs
 	$(PY) -m experiments.studies.plot $(STUDY)
 	$(PY) -m experiments.studies.tables
+	@if ls experiments/studies/$(STUDY)/runs/dense_seed*/results.json >/dev/null 2>&1 && [ -f conf/experiment/$(STUDY)_dense.yaml ]; then \
+		$(PY) -m experiments.studies.dense_reference $(STUDY); fi
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS)

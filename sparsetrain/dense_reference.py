@@ -1,7 +1,8 @@
 """Dense reference accuracies that `results.json`'s `dense_test_acc` reports next to a sparse run.
 
 The numbers ship with the package (`dense_references.json`, package data) so the library never reads a study's
-files; the study that measures them (`experiments/accuracy/summarize.py`) writes them here with `reference_key`.
+files; the study that measures them writes them here (`python -m experiments.studies.dense_reference <study>`, part of
+`make study-report`), keyed by `reference_key`.
 """
 
 from __future__ import annotations

@@ -310,3 +310,21 @@ def test_compute_weights_each_phase_of_a_run_by_its_measured_step_time(tmp_path)
     assert dense_step_equivalents({"job": "dense_seed0", "pruner": "dense", "steps": "10"}, tmp_path, costs) == 10
     assert dense_step_equivalents({"job": "x", "pruner": "gmp", "steps": ""}, tmp_path, costs) is None
     assert {"dense", "magnitude", "gmp", "bip"} <= set(step_costs())
+
+
+def test_a_study_writes_its_dense_mean_into_the_package_references_under_its_protocols_key(tmp_path):
+    from experiments.studies.dense_reference import write
+
+    runs = tmp_path / "unstructured" / "runs"
+    for seed, acc in ((0, 0.9215), (1, 0.9205)):
+        (runs / f"dense_seed{seed}").mkdir(parents=True)
+        results = {"pruner": None, "seed": seed, "test_acc": acc, "model": "resnet20", "data": "fashion_mnist"}
+        (runs / f"dense_seed{seed}" / "results.json").write_text(json.dumps(results))
+    _run(runs, "gmp_s0.9_seed0", "gmp", 0.5, sparsity=0.9)  # not a dense run: not in the mean
+    references = tmp_path / "dense_references.json"
+    references.write_text(json.dumps({"lenet5/digits/9ep/b64/adamw-lr0.001": 0.97}))  # other keys are kept
+    key, value, n = write("unstructured", references, tmp_path)
+    assert (key, value, n) == ("resnet20/fashion_mnist/3ep/b128/sgd-lr0.1", 0.921, 2)
+    assert json.loads(references.read_text()) == {"lenet5/digits/9ep/b64/adamw-lr0.001": 0.97, key: 0.921}
+    with pytest.raises(SystemExit, match="no dense run"):
+        write("structured", references, tmp_path)

@@ -1,11 +1,10 @@
-"""Collect the accuracy study's runs into a table, a JSON file, a plot, and the dense reference.
+"""Collect the accuracy study's runs into a table, a JSON file and a plot.
 
     .venv/bin/python -m experiments.accuracy.summarize
 
 Reads `experiments/accuracy/runs/*/results.json` (made by `queue.sh` / `run.sh`), writes
-`experiments/accuracy/summary.json`, `experiments/accuracy/accuracy_vs_sparsity.png` and the dense mean into
-`sparsetrain/dense_references.json` (shipped with the package: `results.json`'s `dense_test_acc`, what `train.py`
-prints next to a sparse run's accuracy).
+`experiments/accuracy/summary.json` and `experiments/accuracy/accuracy_vs_sparsity.png`. The package's dense
+reference comes from the unstructured study now (`python -m experiments.studies.dense_reference unstructured`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from experiments.common import markdown_table, parse_cli, write_json
-from sparsetrain.dense_reference import REFERENCES, reference_key
 
 HERE = Path(__file__).parent
 METHODS = ["dense", "gmp", "granet", "pdp", "rigl", "set"]
@@ -75,9 +73,6 @@ def main() -> None:
     write_json(
         HERE / "summary.json", {"dense": dense, "runs": runs, "cells": {f"{m}/{s}": v for (m, s), v in cells.items()}}
     )
-    if dense_mean is not None:
-        key = reference_key("resnet20", "fashion_mnist", 3, 128, "sgd", 0.1)  # the protocol of run.sh
-        write_json(REFERENCES, {key: round(dense_mean, 4)})
     try:
         import matplotlib
 
