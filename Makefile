@@ -45,11 +45,15 @@ train: setup data
 # then its CSV, figures and the README's tables. `make study STUDY=unstructured`
 STUDY ?= unstructured
 study: setup data
+	@[ -n "$$(cd conf/experiment && ls $(STUDY).yaml $(STUDY)_*.yaml 2>/dev/null)" ] || { echo "error: no study $(STUDY): no conf/experiment/$(STUDY).yaml or $(STUDY)_*.yaml (studies: unstructured, structured, family, gpu_unstructured)"; exit 2; }
 	@for exp in $$(cd conf/experiment && ls $(STUDY).yaml $(STUDY)_*.yaml 2>/dev/null | sed 's/\.yaml$$//'); do \
 		$(PY) train.py -m experiment=$$exp $(ARGS) || exit 1; done
 	$(MAKE) study-report STUDY=$(STUDY)
 
+# An IMP run's rounds are tested from its snapshots (rounds.json) before the CSV is collected.
 study-report: setup
+	@for run in experiments/studies/$(STUDY)/runs/imp_*_seed*; do \
+		if [ -f "$$run/results.json" ] && [ ! -f "$$run/rounds.json" ]; then $(PY) -m experiments.bip.imp_rounds "$$run" || exit 1; fi; done
 	$(PY) -m sparsetrain.sweep_summary experiments/studies/$(STUDY)/runs
 	$(PY) -m experiments.studies.plot $(STUDY)
 	$(PY) -m experiments.studies.tables

@@ -49,6 +49,18 @@ def test_every_job_of_a_study_is_composed_and_checked_before_any_runs(study):
     check_command_line(["train.py", "-m", f"experiment={study}", *cpu], CONF)  # raises on the first bad job
 
 
+@pytest.mark.parametrize("study", [s for s in STUDY_CONFIGS if not s.startswith("gpu_")])
+def test_every_cpu_study_runs_one_job_at_a_time_here_and_composes_with_the_slurm_launcher(study):
+    """The studies' launcher is a preset (n_jobs 1), so `hydra/launcher=slurm` replaces it whole."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        here = compose("train", [f"experiment={study}"], return_hydra_config=True).hydra.launcher
+        slurm = compose("train", [f"experiment={study}", "hydra/launcher=slurm"], return_hydra_config=True)
+    assert here.n_jobs == 1 and "Joblib" in here._target_
+    assert "Slurm" in slurm.hydra.launcher._target_ and "n_jobs" not in slurm.hydra.launcher
+
+
 def _composed(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -259,6 +271,7 @@ def test_the_readme_has_a_block_for_every_study_table_and_the_gpu_preset_is_prin
 
     readme = tables.README.read_text()
     assert tables.render(readme).count("<!-- study:") == len(tables.IN_README)
+    assert tables.render(readme) == readme, "README's study tables are stale: python -m experiments.studies.tables"
     assert "gpu_unstructured" not in tables.IN_README and "family" in tables.IN_README
     monkeypatch.setattr(tables, "README", tmp_path / "README.md")  # never written by --print
     tables.main(["--print", "gpu_unstructured"])
@@ -328,3 +341,61 @@ def test_a_study_writes_its_dense_mean_into_the_package_references_under_its_pro
     assert json.loads(references.read_text()) == {"lenet5/digits/9ep/b64/adamw-lr0.001": 0.97, key: 0.921}
     with pytest.raises(SystemExit, match="no dense run"):
         write("structured", references, tmp_path)
+    gpu = tmp_path / "gpu_unstructured" / "runs"
+    gpu.mkdir(parents=True)
+    (runs / "dense_seed0").rename(gpu / "dense_seed0")
+    assert write("gpu_unstructured", references, tmp_path) is None  # bf16-mixed: not a full-precision reference
+    assert json.loads(references.read_text())[key] == 0.921
+
+
+def test_sparsity_over_training_colors_by_method_and_granularity_and_styles_by_setting(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.studies import plot
+
+    studies = _studies(tmp_path, monkeypatch)
+    for job in ("gmp_ch0.36_seed0", "gmp_nm24_seed0", "lapp_f0.5_seed0", "lapp_f0.5_seed1"):
+        (studies / "structured" / "runs" / job / "csv").mkdir()
+        (studies / "structured" / "runs" / job / "csv" / "metrics.csv").write_text(
+            "step,sparsity/global\n0,0.1\n10,0.5\n"
+        )
+    fig, ax = plt.subplots()
+    plot.sparsity_over_training("structured", ax)
+    lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+    assert len(lines) == 3  # seed 0 only
+    by_label = {line.get_label(): line for line in ax.get_lines()}
+    assert {"channel gmp", "nm gmp", "channel lapp", "channels 36 %", "2:4", "FLOPs 0.5"} <= set(by_label)
+    channel, nm = (next(x for x in lines if x.get_label() == k) for k in ("channel gmp", "nm gmp"))
+    assert channel.get_color() != nm.get_color() and channel.get_linestyle() != nm.get_linestyle()
+    plt.close(fig)
+
+
+def test_a_run_in_no_column_is_reported(tmp_path, monkeypatch):
+    from experiments.studies import tables
+
+    studies = _studies(tmp_path, monkeypatch)
+    st = studies / "structured" / "runs"
+    _run(st, "pdp_ch0.36_seed1", "pdp", 0.91, flops=0.501, sparsity=0.36, granularity="channel")  # above 0.5
+    write_summary(st)
+    assert tables.unplaced("structured") == [
+        "structured: pdp_ch0.36_seed1 is in no column of its table (flops_ratio 0.501)"
+    ]
+    assert tables.unplaced("unstructured") == []  # IMP's rounds at other sparsities are not runs of a column
+
+
+def test_the_imp_study_run_has_rounds_on_90_95_and_98_percent():
+    """17 rounds of the configured fraction, LR rewinding; rounds 10, 13 and 17 within the table's 0.002 of 90,
+    95 and 98 %."""
+    from omegaconf import OmegaConf
+
+    swept = OmegaConf.load(CONF / "experiment" / "unstructured_imp.yaml").hydra.sweeper.params
+    fraction, target = float(swept["pruner.prune_fraction"]), float(swept["pruner.sparsity"])
+    assert swept["pruner.rewinding"] == "lr" and target == 0.98
+    reached = [1 - (1 - fraction) ** r for r in range(1, 18)]
+    assert min(reached[-1], target) == pytest.approx(0.98, abs=0.002)  # the last round is capped at the target
+    for rounds, level in ((10, 0.9), (13, 0.95)):
+        assert reached[rounds - 1] == pytest.approx(level, abs=0.002)
+    assert reached[15] < 0.98 - 0.002  # round 16 is short of 98 %: 17 rounds

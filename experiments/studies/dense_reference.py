@@ -22,18 +22,22 @@ from sparsetrain.dense_reference import REFERENCES, reference_key
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def study_key(study: str, data: str) -> str:
-    """The reference key of the study's dense protocol, from its composed config."""
+def study_key(study: str, data: str) -> str | None:
+    """The reference key of the study's dense protocol, from its composed config; None for a protocol in reduced
+    precision (the references are full-precision runs: a key does not name the precision)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", [f"experiment={study}_dense"])
     trainer, optim = cfg.trainer, cfg.optim
+    if str(trainer.get("precision", "32-true")) not in ("32", "32-true"):
+        return None
     return reference_key(cfg.model.name, data, trainer.max_epochs, cfg.data.batch_size, optim.name, optim.lr)
 
 
-def write(study: str, references: Path = REFERENCES, studies: Path = STUDIES) -> tuple[str, float, int]:
-    """Update `references` with the study's dense mean; returns (key, value, number of runs)."""
+def write(study: str, references: Path = REFERENCES, studies: Path = STUDIES) -> tuple[str, float, int] | None:
+    """Update `references` with the study's dense mean; returns (key, value, number of runs), or None (left
+    unchanged) for a study in reduced precision."""
     runs = [json.loads(p.read_text()) for p in sorted((studies / study / "runs").glob("dense_seed*/results.json"))]
     if not runs:
         raise SystemExit(f"no dense run in experiments/studies/{study}/runs (dense_seed*/results.json)")
@@ -41,6 +45,8 @@ def write(study: str, references: Path = REFERENCES, studies: Path = STUDIES) ->
     if len(datas) != 1:
         raise SystemExit(f"the dense runs of {study} trained on different data: {sorted(datas)}")
     key = study_key(study, datas.pop())
+    if key is None:
+        return None
     value = round(statistics.fmean(float(r["test_acc"]) for r in runs), 4)
     table = json.loads(references.read_text()) if references.exists() else {}
     references.write_text(json.dumps({**table, key: value}, indent=2) + "\n")
@@ -51,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a study with dense runs and conf/experiment/<study>_dense.yaml")
     args = parser.parse_args(argv)
-    key, value, n = write(args.study)
+    written = write(args.study)
+    if written is None:
+        print(f"{args.study} trains in reduced precision: {REFERENCES} left unchanged")
+        return
+    key, value, n = written
     print(f"{REFERENCES}: {key} = {value} (mean of {n} dense run(s) of {args.study})")
 
 

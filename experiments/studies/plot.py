@@ -14,7 +14,7 @@ import re
 import statistics
 from pathlib import Path
 
-from experiments.studies.data import STUDIES, cells, flops_points, target_setting
+from experiments.studies.data import STUDIES, cells, flops_points, read_rows, target_setting
 from experiments.studies.tables import LAYOUT
 
 
@@ -60,12 +60,27 @@ def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip"
                 lo, hi = c.mean - min(c.test_acc), max(c.test_acc) - c.mean
                 ax.errorbar(statistics.fmean(c.compute), c.mean, yerr=[[lo], [hi]], marker=marker.get(s, "o"),
                             color=colors[method], capsize=3, label=f"{method} {s * 100:g} %")  # fmt: skip
-    ax.set(xscale="log", xlabel="compute: optimizer steps × measured step time, in dense steps",
+    ax.set(xscale="log", xlabel="compute: steps × step time / dense step time (CPU benchmark)",
            ylabel="test accuracy", title="accuracy against compute (bars: seed range)")  # fmt: skip
     _legend(ax, fontsize=7, ncol=2)
 
 
-TARGET_IN_JOB = re.compile(r"_s(0\.\d+)_")  # a sparsity study's job: gmp_s0.95_seed0
+SETTING_TEXT = (  # a job's setting, from its name without method and seed: gmp_s0.95_seed0 -> "95 %"
+    (re.compile(r"s(0\.\d+)"), lambda m: f"{float(m[1]) * 100:g} %"),
+    (re.compile(r"ch(0\.\d+)"), lambda m: f"channels {float(m[1]) * 100:g} %"),
+    (re.compile(r"f(0\.\d+)"), lambda m: f"FLOPs {m[1]}"),
+    (re.compile(r"nm(\d)(\d)"), lambda m: f"{m[1]}:{m[2]}"),
+)
+
+
+def job_setting(job: str, pruner: str) -> str:
+    """What distinguishes a job among its method's: the rest of its name, readable (`resnet18 90 %`)."""
+    words = [w for w in re.sub(r"_seed\d+$", "", job).split("_") if w != pruner]
+    for i, word in enumerate(words):
+        for pattern, text in SETTING_TEXT:
+            if match := pattern.fullmatch(word):
+                words[i] = text(match)
+    return " ".join(words)
 
 
 def _dense_until(run: Path) -> bool:
@@ -77,26 +92,32 @@ def _dense_until(run: Path) -> bool:
 
 
 def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
-    """Global sparsity against the optimizer step of every seed-`seed` run: one color per method, one line style
-    per target (a method's legend entry once)."""
-    styles, colors, labelled = ["-", "--", ":", "-."], {}, set()
-    targets = sorted({float(m[1]) for p in (STUDIES / study / "runs").glob("*") if (m := TARGET_IN_JOB.search(p.name))})
-    for metrics in sorted((STUDIES / study / "runs").glob(f"*_seed{seed}/csv/metrics.csv")):
-        run = metrics.parent.parent
+    """Global sparsity against the optimizer step of every seed-`seed` run: one color per method (with its
+    granularity where not unstructured), one line style per setting (target, budget, model), each in the legend
+    once. Method and granularity come from the study's CSV."""
+    runs = {r["job"]: r for r in read_rows(study) if r["job"].endswith(f"_seed{seed}")}
+    styles = ["-", "--", ":", "-.", (0, (1, 1)), (0, (5, 1))]
+    colors: dict[str, str] = {}
+    settings = sorted({job_setting(job, r["pruner"]) for job, r in runs.items() if r["pruner"] != "dense"})
+    for job, row in sorted(runs.items()):
+        metrics = STUDIES / study / "runs" / job / "csv" / "metrics.csv"
+        if row["pruner"] == "dense" or not metrics.exists():
+            continue
         with metrics.open() as f:
             pts = [(int(r["step"]), float(r["sparsity/global"])) for r in csv.DictReader(f) if r.get("sparsity/global")]
         if not pts:
             continue
-        if pts[0][0] > 0 and _dense_until(run):
+        if pts[0][0] > 0 and _dense_until(metrics.parent.parent):
             pts = [(0, 0.0), (pts[0][0], 0.0), *pts]
-        method = run.name.split("_", 1)[0]
-        target = TARGET_IN_JOB.search(run.name)
-        color = colors.setdefault(method, f"C{len(colors)}")
-        style = styles[targets.index(float(target[1])) % len(styles)] if target else "-"
-        ax.plot(*zip(*pts, strict=True), lw=1, color=color, ls=style, label=None if method in labelled else method)
-        labelled.add(method)
-    for target, style in zip(targets, styles, strict=False):
-        ax.plot([], [], color="0.3", ls=style, lw=1, label=f"target {target * 100:g} %")
+        grain = row.get("granularity") or "unstructured"
+        method = row["pruner"] if grain == "unstructured" else f"{grain} {row['pruner']}"
+        new = method not in colors
+        color = colors.setdefault(method, f"C{len(colors) % 10}")
+        style = styles[settings.index(job_setting(job, row["pruner"])) % len(styles)]
+        ax.plot(*zip(*pts, strict=True), lw=1, color=color, ls=style, label=method if new else None)
+    if len(settings) > 1:
+        for setting, style in zip(settings, styles, strict=False):
+            ax.plot([], [], color="0.3", ls=style, lw=1, label=setting)
     ax.set(xlabel="optimizer step", ylabel="global sparsity", title=f"sparsity over training (seed {seed})")
     _legend(ax, fontsize=6, ncol=2)
 

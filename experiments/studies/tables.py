@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.studies.data import (
+    NM_JOB,
     Cell,
     cells,
     flops_setting,
@@ -139,6 +140,19 @@ def table(study: str) -> str:
     return "\n".join(lines)
 
 
+def unplaced(study: str) -> list[str]:
+    """The study's own finished runs that land in none of its table's columns (a channel run whose measured FLOPs
+    miss every budget, say), so that a run never drops out of a table unnoticed."""
+    layout = LAYOUT[study]
+    out = []
+    for row in read_rows(study):
+        if "/round" in row["job"] or row.get("granularity") == "nm" or NM_JOB.fullmatch(row["job"]):
+            continue  # IMP rounds at other sparsities; N:M runs have their own column
+        if layout.setting_of(row, layout.settings) not in (None, *layout.settings):
+            out.append(f"{study}: {row['job']} is in no column of its table (flops_ratio {row.get('flops_ratio')})")
+    return out
+
+
 def wall_time(study: str) -> str:
     """One line: the training time the study's own runs took on the machine that ran them (sum of their
     `train_time_s`; an IMP run's rounds are part of its run)."""
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.study:
         print(table(args.study))
         return
+    for line in (line for study in IN_README for line in unplaced(study)):
+        print(f"warning: {line}", file=sys.stderr)
     old = README.read_text()
     new = render(old)
     if args.check:
