@@ -28,11 +28,11 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Run one job; returns the final validation accuracy so Hydra sweepers can optimise it."""
-    done = finished_result(cfg)
-    if done is not None:
-        return done
-    continue_interrupted_job(cfg)
     try:
+        done = finished_result(cfg)
+        if done is not None:
+            return done
+        continue_interrupted_job(cfg)
         from sparsetrain.config import check_run
 
         check_run(cfg, CONF)  # again inside the job: sweepers other than the basic one choose jobs as they go
@@ -57,8 +57,19 @@ def finished_result(cfg: DictConfig) -> float | None:
     results = Path(HydraConfig.get().runtime.output_dir) / "results.json"
     if not results.exists():
         return None
+    recorded = json.loads(results.read_text())
+    if "settings" in recorded:  # written before results.json recorded its settings: skipped unchecked
+        from sparsetrain.resume import differences, run_settings
+
+        allowed = cfg.get("resume_allow_changes") or ()
+        diffs = differences(recorded["settings"], json.loads(json.dumps(run_settings(cfg))), allowed, "results.json")
+        if diffs:
+            raise ValueError(
+                f"skip_done: {results} was written with other settings ({'; '.join(diffs)}): delete it to run the "
+                "job again with these, or name the keys in resume_allow_changes=[...] to keep it"
+            )
     log.info("skip: %s exists (skip_done=true)", results)
-    return json.loads(results.read_text()).get("val_acc") or 0.0
+    return recorded.get("val_acc") or 0.0
 
 
 def continue_interrupted_job(cfg: DictConfig) -> None:

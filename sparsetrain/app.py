@@ -28,7 +28,7 @@ from sparsetrain.module import ClassificationModule
 from sparsetrain.plots import plot_run_safely
 from sparsetrain.quiet import quiet
 from sparsetrain.restore import run_arch
-from sparsetrain.resume import RunSettings, allowed_pruner_changes, check_resume
+from sparsetrain.resume import RunSettings, allowed_pruner_changes, check_resume, run_settings
 from sparsetrain.targets import select_targets
 
 log = logging.getLogger("sparsetrain")
@@ -194,6 +194,7 @@ def _fit_and_report(
         "max_epochs": cfg.trainer.get("max_epochs"),
         "pruner_config": pruner.describe() if pruner is not None else None,
         "init_from": cfg.get("init_from"),
+        "settings": run_settings(cfg),  # what a study's skip_done compares before it skips this job
         **extra,
         "layers": summary["layers"],
     }

@@ -77,9 +77,11 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
     return flatten(settings)
 
 
-def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], allowed: Iterable[str] = ()) -> list[str]:
-    """`key: <recorded> in the checkpoint, <current> now` for every key that differs, skipping `allowed`
-    keys and groups (`trainer.max_epochs`, or `optim` for every optimizer key)."""
+def differences(
+    recorded: Mapping[str, Any], current: Mapping[str, Any], allowed: Iterable[str] = (), where: str = "the checkpoint"
+) -> list[str]:
+    """`key: <recorded> in <where>, <current> now` for every key that differs, skipping `allowed` keys and groups
+    (`trainer.max_epochs`, or `optim` for every optimizer key)."""
     allowed = [str(a) for a in allowed]
 
     def free(key: str) -> bool:
@@ -89,7 +91,7 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], allowed
     for key in sorted(set(recorded) | set(current)):
         old, new = recorded.get(key, "<unset>"), current.get(key, "<unset>")
         if old != new and not free(key):
-            out.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+            out.append(f"{key}: {old!r} in {where}, {new!r} now")
     return out
 
 

@@ -107,13 +107,13 @@ def test_a_bad_value_in_a_study_sweep_names_the_job(tmp_path):
         check_command_line(argv, CONF)
 
 
-def _sweep(sweep_dir: Path) -> subprocess.CompletedProcess:
+def _sweep(sweep_dir: Path, *extra: str, steps: int = 4, ok: bool = True) -> subprocess.CompletedProcess:
     args = ["-m", "experiment=unstructured", "+pruner=gmp", "seed=0", "data=fake", "data.num_samples=64",
             "data.num_test=16", "data.batch_size=16", "data.image_size=16", "model=lenet5", "trainer.max_epochs=-1",
-            "trainer.max_steps=4", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
-            f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+            f"trainer.max_steps={steps}", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+            f"hydra.sweep.dir={sweep_dir}", *extra]  # fmt: skip
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     return proc
 
 
@@ -132,6 +132,12 @@ def test_a_study_resumes_where_it_stopped(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["pruner"], r["target"], r["seed"]) for r in rows] == [("gmp", t, "0") for t in ("0.9", "0.95", "0.98")]
+    # rerun with another budget: a finished job is not taken for this one (one line, naming the key)
+    proc = _sweep(tmp_path, steps=5, ok=False)
+    assert proc.returncode == 2 and "trainer.max_steps: 4 in results.json, 5 now" in proc.stdout + proc.stderr
+    assert all((job / "results.json").stat().st_mtime_ns == mtimes[job] for job in jobs[:2])
+    proc = _sweep(tmp_path, "resume_allow_changes=[trainer.max_steps]", steps=5)  # kept on purpose
+    assert (proc.stdout + proc.stderr).count("skip: ") == 3
 
 
 def test_the_collector_reads_committed_runs_without_hydra_files_and_expands_imp_rounds(tmp_path):
