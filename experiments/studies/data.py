@@ -84,8 +84,15 @@ def nm_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
     return f"{match['n']}:{match['m']}"
 
 
+FAMILY_TARGETS = {"lapp": 0.5}  # the family study's one target per method: LAPP's FLOPs budget, else 90 % sparsity
+
+
 def model_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
-    """The setting of a row of a model-family study: the model its job is named after (`<model>_<method>_...`)."""
+    """The setting of a row of a model-family study: the model its job is named after (`<model>_<method>_...`);
+    "" (no column) for a run at another target than the study's, which would otherwise pass for another seed."""
+    target = FAMILY_TARGETS.get(row["pruner"], 0.9)
+    if row["pruner"] != "dense" and row.get("target") and abs(float(row["target"]) - target) > 1e-9:
+        return ""
     return row["job"].split("_", 1)[0]
 
 
