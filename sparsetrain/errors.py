@@ -90,9 +90,12 @@ def _composition(error: ConfigCompositionException, conf_dir: Path | None) -> st
         parent, _, key = str(full_key).rpartition(".")
         if not parent and group_options(conf_dir, key) and override != key:  # `pruner.x=1` with no +pruner=
             options = group_options(conf_dir, key)
+            value = re.search(rf"use \+{re.escape(override)}=(\S+)", str(error))
+            one = f"{override}=choice({value.group(1)})" if value else f"{override}=choice(<value>)"
             return (
                 f"{override} sets a key of {key}, but this run has no {key}: add +{key}=<option> first "
-                f"({key} options: {', '.join(options)})"
+                f"({key} options: {', '.join(options)}); in a sweep over +{key}=a,b, Hydra composes the sweep "
+                f"without {key}, so one value of its key is written as a sweep of one: {one}"
             )
         node = getattr(cause, "parent_node", None)
         known = [str(k) for k in node] if node is not None and hasattr(node, "keys") else []

@@ -87,6 +87,7 @@ BAD = [
     (["init_from=/nonexistent/run"], r"init_from=/nonexistent/run does not exist \(a run directory, its export/"),
     # a sweep: every job is checked before the first one starts
     (["-m", "seed=0,1", "+pruner=gmp", "pruner.sparsity=0.5,1.5"], r"got 1\.5 \(sweep job: seed=0 \+pruner=gmp"),
+    (["-m", "+pruner=gmp,pdp", "pruner.sparsity=0.9"], r"written as a sweep of one: pruner\.sparsity=choice\(0\.9\)$"),
 ]
 
 
@@ -117,6 +118,7 @@ def test_good_configurations_pass_the_same_checks():
         ["+pruner=magnitude", "pruner.begin=0.9"],
         ["trainer=ddp", "trainer.accelerator=cpu"],
         ["-m", "seed=0,1", "+pruner=gmp,rigl"],
+        ["-m", "+pruner=gmp,rigl", "pruner.sparsity=choice(0.9)"],  # as the sweep-of-one error says
     ):
         assert check_command_line(["train.py", *overrides], CONF_DIR) == ["train.py", *overrides]
 

@@ -130,6 +130,7 @@ def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path):
 
 LAUNCHERS = {
     "joblib_local": ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}),
+    "joblib_serial": ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 1}),
     "slurm": (
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
         {"timeout_min": 240, "gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "nodes": 1},
