@@ -49,6 +49,23 @@ def test_every_job_of_a_study_is_composed_and_checked_before_any_runs(study):
     check_command_line(["train.py", "-m", f"experiment={study}", *cpu], CONF)  # raises on the first bad job
 
 
+@pytest.mark.parametrize("study", STUDY_CONFIGS)
+def test_every_method_of_a_study_prunes_the_same_layers(study):
+    """One protocol: the first conv and the classifier stay dense for every method of a study, BiP included
+    (its own default prunes them, as its released code does)."""
+    from hydra import compose, initialize_config_dir
+
+    cpu = ["trainer.accelerator=cpu"] if study.startswith("gpu_") and not torch.cuda.is_available() else []
+    jobs = _job_overrides([f"experiment={study}", *cpu], multirun=True, conf_dir=CONF)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        kept = {
+            (cfg.pruner._target_, cfg.pruner.keep_first_last)
+            for cfg in (compose("train", job) for job in jobs)
+            if cfg.get("pruner") is not None
+        }
+    assert all(keep for _, keep in kept), sorted(kept)
+
+
 @pytest.mark.parametrize("study", [s for s in STUDY_CONFIGS if not s.startswith("gpu_")])
 def test_every_cpu_study_runs_one_job_at_a_time_here_and_composes_with_the_slurm_launcher(study):
     """The studies' launcher is a preset (n_jobs 1), so `hydra/launcher=slurm` replaces it whole."""
