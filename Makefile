@@ -53,7 +53,7 @@ study: setup data
 # An IMP run's rounds are tested from its snapshots (rounds.json) before the CSV is collected.
 study-report: setup
 	@for run in experiments/studies/$(STUDY)/runs/imp_*_seed*; do \
-		if [ -f "$$run/results.json" ] && [ ! -f "$$run/rounds.json" ]; then $(PY) -m experiments.bip.imp_rounds "$$run" || exit 1; fi; done
+		if [ -f "$$run/results.json" ] && [ ! -f "$$run/rounds.json" ]; then $(PY) -m experiments.studies.imp_rounds "$$run" || exit 1; fi; done
 	$(PY) -m sparsetrain.sweep_summary experiments/studies/$(STUDY)/runs
 	$(PY) -m experiments.studies.plot $(STUDY)
 	$(PY) -m experiments.studies.tables

@@ -78,7 +78,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per pruning round of an IMP run whose round tickets were tested (`rounds.json`, written by
-    `experiments/bip/imp_rounds.py`): one IMP run passes through every sparsity of a study."""
+    `experiments/studies/imp_rounds.py`): one IMP run passes through every sparsity of a study."""
     path = job / "rounds.json"
     if not path.exists():
         return []

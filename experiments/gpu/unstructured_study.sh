@@ -24,7 +24,7 @@ if ! wait "$imp"; then
   exit 1
 fi
 for run in "$RUNS"/imp_*_seed*/; do
-  "$PY" -m experiments.bip.imp_rounds "$run"
+  "$PY" -m experiments.studies.imp_rounds "$run"
 done
 echo "trained in $(( $(date +%s) - start )) s"
 

@@ -12,7 +12,6 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 : "${GRANET_CORE:?set GRANET_CORE to the official CIFAR/sparselearning/core.py (experiments/reference_gmp/setup.sh)}"
 export RUNS=${RUNS:-experiments/reference_gmp/runs}
-R=experiments/accuracy/run.sh  # train.py logger=csv export=false progress_bar=false trainer.max_epochs=3 ...
 # enable_model_summary=false on both sides (the summary's example forward once broke with data.augment=true); it
 # changes nothing in training.
 PROTOCOL=(optim.schedule=multistep 'optim.milestones=[0.5,0.75]' data.augment=true trainer.enable_model_summary=false)
@@ -33,9 +32,17 @@ ref() {  # NAME overrides...: the official Masking in GMP mode (reference_gmp.py
   grep "done:" "$dir/log.txt"
 }
 
-ours() {  # NAME overrides...: sparsetrain through train.py (experiments/accuracy/run.sh)
-  [ -f "$RUNS/$1/results.json" ] || turn
-  $R "$@"
+ours() {  # NAME overrides...: sparsetrain through train.py, with the reference side's base overrides
+  local name=$1; shift
+  local dir=$RUNS/$name
+  if [ -f "$dir/results.json" ]; then echo "skip $name (done)"; return; fi
+  turn
+  mkdir -p "$dir"
+  echo "$*" > "$dir/command.txt"
+  .venv/bin/python train.py logger=csv export=false progress_bar=false trainer.max_epochs=3 "hydra.run.dir=$dir" \
+    "$@" > "$dir/log.txt" 2>&1
+  rm -rf "$dir/checkpoints"
+  grep "done:" "$dir/log.txt"
 }
 
 # 1. 98 %, where the issue saw 1.6 points (seed 0), then 90 % and 95 % (SPARSITIES="90 95" SEEDS=0: a subset)
