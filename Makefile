@@ -41,12 +41,13 @@ data:
 train: setup data
 	$(PY) train.py +pruner=granet $(ARGS)
 
-# A study: its sweeps (conf/experiment/$(STUDY)*.yaml; finished jobs are skipped, an interrupted one resumes),
+# A study: its sweeps (conf/experiment/$(STUDY)*.yaml, its dense sweep first: a sweep may start from its runs;
+# finished jobs are skipped, an interrupted one resumes),
 # then its CSV, figures and the README's tables. `make study STUDY=unstructured`
 STUDY ?= unstructured
 study: setup data
 	@[ -n "$$(cd conf/experiment && ls $(STUDY).yaml $(STUDY)_*.yaml 2>/dev/null)" ] || { echo "error: no study $(STUDY): no conf/experiment/$(STUDY).yaml or $(STUDY)_*.yaml (studies: unstructured, structured, family, gpu_unstructured)"; exit 2; }
-	@for exp in $$(cd conf/experiment && ls $(STUDY).yaml $(STUDY)_*.yaml 2>/dev/null | sed 's/\.yaml$$//'); do \
+	@for exp in $$(cd conf/experiment && { ls $(STUDY)_dense.yaml; ls $(STUDY).yaml $(STUDY)_*.yaml; } 2>/dev/null | sed 's/\.yaml$$//' | awk '!seen[$$0]++'); do \
 		$(PY) train.py -m experiment=$$exp $(ARGS) || exit 1; done
 	$(MAKE) study-report STUDY=$(STUDY)
 

@@ -19,9 +19,11 @@ from typing_extensions import override
 
 COLUMNS = (
     "job", "overrides", "pruner", "granularity", "target", "seed", "sparsity", "channel_sparsity", "test_acc",
-    "val_acc", "flops_ratio", "steps", "train_time_s",
+    "val_acc", "flops_ratio", "steps", "train_time_s", "init_from",
 )  # fmt: skip
-OPTIONAL = ("channel_sparsity", "granularity", "target")  # columns left out when no job has a value
+# columns left out when no job has a value; `init_from`: the run whose weights a job started from (its steps are not
+# in `steps`)
+OPTIONAL = ("channel_sparsity", "granularity", "target", "init_from")
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -70,6 +72,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 "flops_ratio": flops,
                 "steps": r.get("steps"),
                 "train_time_s": r.get("train_time_s"),
+                "init_from": r.get("init_from"),
             }
         )
         rows.extend(_round_rows(job, sweep_dir))
@@ -98,6 +101,7 @@ def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
             "flops_ratio": None,
             "steps": r.get("steps_done"),
             "train_time_s": r.get("wall_s"),
+            "init_from": None,
         }
         for r in json.loads(path.read_text())
     ]

@@ -22,6 +22,7 @@ GRID = {
     "unstructured": 7 * 3 * 2,
     "unstructured_dense": 2,
     "unstructured_imp": 2,
+    "unstructured_bip_from_dense": 3 * 2,
     "structured_channel": 2 * 2 * 2,
     "structured_lapp": 2 * 2,
     "structured_nm": 4 * 2,
@@ -216,13 +217,13 @@ def test_readme_tables_are_written_from_the_study_csv(tmp_path, monkeypatch):
 
 
 def _run(runs: Path, job: str, pruner: str | None, test_acc: float, steps: int = 1263, flops: float = 1.0,
-         **config) -> Path:  # fmt: skip
+         init_from: str | None = None, **config) -> Path:  # fmt: skip
     """A finished job's results.json, as train.py writes it (the keys the collector reads)."""
     (runs / job).mkdir(parents=True)
     seed = int(job.rsplit("seed", 1)[1].split("/")[0])
     results = {"pruner": pruner, "seed": seed, "test_acc": test_acc, "val_acc": test_acc, "steps": steps,
                "sparsity": config.get("sparsity", 0.0), "flops_dense": 10**6, "flops_sparse": round(10**6 * flops),
-               "pruner_config": config or None}  # fmt: skip
+               "pruner_config": config or None, "init_from": init_from}  # fmt: skip
     (runs / job / "results.json").write_text(json.dumps(results))
     return runs / job
 
@@ -236,6 +237,9 @@ def _studies(tmp_path: Path, monkeypatch) -> Path:
     _run(un, "gmp_s0.9_seed0", "gmp", 0.915, sparsity=0.9, granularity="unstructured")
     _run(un, "gmp_s0.9_seed1", "gmp", 0.917, sparsity=0.9, granularity="unstructured")
     _run(un, "bip_s0.9_seed0", "bip", 0.914, sparsity=0.9, granularity="unstructured", warmup=0.3)  # dense start
+    # from the study's trained dense run, recorded under a path that is not here: found as the study's own job
+    _run(un, "bip_dense_s0.9_seed0", "bip", 0.926, 3368, init_from="elsewhere/runs/dense_seed0", sparsity=0.9,
+         granularity="unstructured", warmup=0)  # fmt: skip
     imp = _run(un, "imp_s0.98_seed0", "imp", 0.90, 3789, sparsity=0.98, granularity="unstructured")  # 3 rounds
     rounds = [{"round": r, "sparsity": s, "val_acc": 0.9, "test_acc": a, "steps_done": 1263 * (r + 1),
                "wall_s": 1.0} for r, (s, a) in enumerate(((0.0, 0.921), (0.9, 0.928), (0.98, 0.90)))]  # fmt: skip
@@ -271,6 +275,8 @@ def test_the_unstructured_table_has_a_2_4_column_from_the_structured_studys_nm_r
     assert "| pdp |  |  |  | 0.9180 (1) | 1263 |" in lines  # a method with its 2:4 run only
     # compute: BiP's dense start is part of its run's steps; an IMP round counts every round up to it (2 × 1263)
     assert "| bip | 0.9140 (1) |  |  |  | 1263 |" in lines
+    # a run from the trained dense run is its own row, and its steps count the dense run's (1263 + 3368)
+    assert "| bip from dense | 0.9260 (1) |  |  |  | 4631 |" in lines
     # its last round is the run's own network: one cell entry, not two (the run's row and its round's)
     assert "| imp | 0.9280 (1) |  | 0.9000 (1) |  | 2526, 3789 |" in lines
     structured = tables.table("structured").splitlines()
@@ -356,6 +362,16 @@ def test_compute_weights_each_phase_of_a_run_by_its_measured_step_time(tmp_path)
     assert dense_step_equivalents({"job": "set_s0.9_seed0", "pruner": "set", "steps": "10"}, tmp_path, costs) == 11
     assert dense_step_equivalents({"job": "dense_seed0", "pruner": "dense", "steps": "10"}, tmp_path, costs) == 10
     assert dense_step_equivalents({"job": "x", "pruner": "gmp", "steps": ""}, tmp_path, costs) is None
+    # a run from another run's weights: that run's steps at a dense step's cost, then its own phases
+    (tmp_path / "dense_seed0").mkdir()
+    (tmp_path / "dense_seed0" / "results.json").write_text(json.dumps({"steps": 500}))
+    (tmp_path / "bip_dense_s0.9_seed0").mkdir()
+    phases = {"warmup_step": 0, "finetune_step": 800}
+    (tmp_path / "bip_dense_s0.9_seed0" / "results.json").write_text(json.dumps(phases))
+    from_dense = {"job": "bip_dense_s0.9_seed0", "pruner": "bip", "steps": "1000", "init_from": "x/dense_seed0"}
+    assert dense_step_equivalents(from_dense, tmp_path, costs) == pytest.approx(500 + 800 * 2.0 + 200 * 1.1)
+    with pytest.raises(FileNotFoundError, match="started from x/dense_seed1, whose results.json"):
+        dense_step_equivalents({**from_dense, "init_from": "x/dense_seed1"}, tmp_path, costs)
     assert {"dense", "magnitude", "gmp", "bip"} <= set(step_costs())
 
 

@@ -12,6 +12,8 @@ mean step time over dense's. Which steps cost what:
 - IMP: a round is a whole budget; round 0 trains dense, every later round with its mask (`magnitude`'s cost).
 - Every other method: all steps at its own variant's cost (its mask events included), `magnitude`'s when the
   benchmark has no variant of that name; dense at 1.
+- A run started from another run's weights (`init_from`, e.g. BiP from the study's trained dense run): that
+  run's steps are added at a dense step's cost (`start_steps`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import re
 from functools import cache
 from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "overhead" / "lightning_resnet20_b128_cpu.json"
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK = ROOT / "experiments" / "overhead" / "lightning_resnet20_b128_cpu.json"
 ROUND_JOB = re.compile(r"(?P<run>.+)/round(?P<round>\d+)")
 
 
@@ -37,11 +40,33 @@ def _results(runs: Path, job: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def start_steps(row: dict[str, str], runs: Path) -> int:
+    """The optimizer steps of the run a row started from (`init_from`; 0 without one): its results.json, found
+    where the job recorded it (relative to the repository) or as a job of the same study.
+
+    Raises:
+        FileNotFoundError: the source run's results.json is in neither place (its steps would go uncounted).
+    """
+    if not row.get("init_from"):
+        return 0
+    source = Path(row["init_from"])
+    for path in (source, ROOT / source, runs / source.name):
+        if (path / "results.json").exists():
+            return int(json.loads((path / "results.json").read_text())["steps"])
+    raise FileNotFoundError(
+        f"{row['job']}: started from {source}, whose results.json is not there nor in {runs}: its steps are unknown"
+    )
+
+
 def dense_step_equivalents(row: dict[str, str], runs: Path, costs: dict[str, float] | None = None) -> float | None:
     """The compute of one row of a study's CSV (None when it recorded no steps)."""
     if not row.get("steps"):
         return None
     costs = costs or step_costs()
+    return start_steps(row, runs) + _own_compute(row, runs, costs)
+
+
+def _own_compute(row: dict[str, str], runs: Path, costs: dict[str, float]) -> float:
     steps, method = float(row["steps"]), row["pruner"]
     masked = costs["magnitude"]
     if method == "dense":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.studies.compute import dense_step_equivalents
+from experiments.studies.compute import dense_step_equivalents, start_steps
 
 STUDIES = Path(__file__).resolve().parent
 NM_JOB = re.compile(r"(?P<method>\w+?)_nm(?P<n>\d)(?P<m>\d)_seed\d+")  # structured_nm's jobs: gmp_nm24_seed0
@@ -96,6 +96,12 @@ def model_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
     return row["job"].split("_", 1)[0]
 
 
+def method_of(row: dict[str, str]) -> str:
+    """A row's method: its pruner, "<pruner> from dense" for a run started from another run's trained weights
+    (`init_from`: the papers' setting for BiP, a different compute than a run from scratch)."""
+    return f"{row['pruner']} from dense" if row.get("init_from") else row["pruner"]
+
+
 def cells(
     study: str, settings: tuple, setting_of: Callable = target_setting
 ) -> dict[tuple[str, float | str | None], Cell]:
@@ -108,13 +114,13 @@ def cells(
             continue
         setting = setting_of(row, settings)
         if setting is None or setting in settings:
-            grouped[(row["pruner"], setting)].append(row)
+            grouped[(method_of(row), setting)].append(row)
     return {
         key: Cell(
             key[0],
             key[1],
             tuple(float(r["test_acc"]) for r in rows),
-            tuple(int(float(r["steps"])) for r in rows if r.get("steps")),
+            tuple(int(float(r["steps"])) + start_steps(r, runs) for r in rows if r.get("steps")),
             tuple(float(r["train_time_s"]) for r in rows if r.get("train_time_s")),
             tuple(c for r in rows if (c := dense_step_equivalents(r, runs)) is not None),
         )

@@ -14,7 +14,7 @@ import re
 import statistics
 from pathlib import Path
 
-from experiments.studies.data import STUDIES, cells, flops_points, read_rows, target_setting
+from experiments.studies.data import STUDIES, cells, flops_points, method_of, read_rows, target_setting
 from experiments.studies.tables import LAYOUT
 
 
@@ -46,9 +46,10 @@ def accuracy_vs_sparsity(study: str, ax) -> None:
     _legend(ax, fontsize=7, ncol=2)
 
 
-def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip", "gmp")) -> None:
+def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip", "bip from dense", "gmp")) -> None:
     """Each method's cells at the compute they cost (dense-step equivalents: BiP's dense start and bi-level steps,
-    every IMP round up to the one that lands on the setting), one color per method, one marker per setting."""
+    the trained dense run a "from dense" run started from, every IMP round up to the one that lands on the
+    setting), one color per method, one marker per setting."""
     settings = LAYOUT[study].settings
     found = cells(study, settings, LAYOUT[study].setting_of)
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
@@ -110,7 +111,7 @@ def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
         if pts[0][0] > 0 and _dense_until(metrics.parent.parent):
             pts = [(0, 0.0), (pts[0][0], 0.0), *pts]
         grain = row.get("granularity") or "unstructured"
-        method = row["pruner"] if grain == "unstructured" else f"{grain} {row['pruner']}"
+        method = method_of(row) if grain == "unstructured" else f"{grain} {method_of(row)}"
         new = method not in colors
         color = colors.setdefault(method, f"C{len(colors) % 10}")
         style = styles[settings.index(job_setting(job, row["pruner"])) % len(styles)]

@@ -68,7 +68,7 @@ class Layout:
         return (*self.before, *(Column(self.header(s), (Source(None, s),)) for s in self.settings), *self.extra)
 
 
-UNSTRUCTURED_METHODS = ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip")
+UNSTRUCTURED_METHODS = ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip", "bip from dense")
 NM24 = Column("2:4", (Source("structured", "2:4", nm_setting), Source(None, None, methods=("dense",))))
 FAMILY_METHODS = ("dense", "gmp", "granet", "pdp", "bip", "lapp")
 RESNET20 = Column(
@@ -106,8 +106,8 @@ def _lookup(found: dict, method: str, setting) -> Cell | None:
 
 def table(study: str) -> str:
     """Markdown: one row per method, one column per setting; test accuracy, mean ± half range (seeds); the last
-    column is the compute: each run's optimizer steps (BiP's dense start is part of its run; an IMP round
-    counts every round's steps up to it)."""
+    column is the compute: each run's optimizer steps (BiP's dense start is part of its run; a run from another
+    run's weights counts that run's steps too; an IMP round counts every round's steps up to it)."""
     layout = LAYOUT[study]
     columns = layout.columns()
     found: dict[tuple[str | None, tuple, Callable], dict] = {}
