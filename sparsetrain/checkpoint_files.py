@@ -28,6 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
+from sparsetrain.export_files import SPEC, WEIGHTS
+
 LAST = "last.ckpt"
 CHECKPOINTS = "checkpoints"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -45,6 +47,30 @@ def _label(path: Path, what: str) -> str:
     if not what:
         return str(path)
     return f"{what}={path}" if what.isidentifier() else f"{what} {path}"
+
+
+def init_source(path: str | Path) -> Path:
+    """The file or export directory `init_from=path` names (a run directory resolves to its export or last.ckpt).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: it holds nothing to start from (a run whose weights were not kept, say).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"init_from={path} does not exist")
+    if path.is_file():
+        if path.suffix == ".ckpt":
+            return path
+        if path.name in (SPEC, WEIGHTS):
+            return path.parent
+        raise ValueError(f"init_from={path} is neither a checkpoint (.ckpt), an export nor a run directory")
+    for candidate in (path, path / "export"):
+        if (candidate / SPEC).is_file():
+            return candidate
+    if (path / "checkpoints" / "last.ckpt").is_file():
+        return path / "checkpoints" / "last.ckpt"
+    raise ValueError(f"init_from={path} holds no export (model.json) and no checkpoints/last.ckpt")
 
 
 def run_dir_of(path: str | Path) -> Path:

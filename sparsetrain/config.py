@@ -85,6 +85,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     init = cfg.get("init_from")
     if init is not None and not Path(str(init)).exists():
         raise ConfigError(f"init_from={init} does not exist (a run directory, its export/ or a .ckpt)")
+    if init is not None:
+        from sparsetrain.checkpoint_files import init_source
+
+        try:
+            init_source(str(init))  # a run that kept no weights fails here, before a sweep's first job starts
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if cfg.get("ckpt_path"):
         from sparsetrain.checkpoint_files import resolve_checkpoint
 

@@ -24,29 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparsetrain.export import SPEC, load_exported, read_spec, state_mismatches
+from sparsetrain.checkpoint_files import init_source as source_of
+from sparsetrain.export import load_exported, read_spec, state_mismatches
 from sparsetrain.restore import finalized_network, load_run_config, run_dir_of
 
 log = logging.getLogger("sparsetrain")
-
-
-def source_of(path: str | Path) -> Path:
-    """The file or export directory `init_from=path` names (a run directory resolves to its export or last.ckpt)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"init_from={path} does not exist")
-    if path.is_file():
-        if path.suffix == ".ckpt":
-            return path
-        if path.name in (SPEC, "model.safetensors"):
-            return path.parent
-        raise ValueError(f"init_from={path} is neither a checkpoint (.ckpt), an export nor a run directory")
-    for candidate in (path, path / "export"):
-        if (candidate / SPEC).is_file():
-            return candidate
-    if (path / "checkpoints" / "last.ckpt").is_file():
-        return path / "checkpoints" / "last.ckpt"
-    raise ValueError(f"init_from={path} holds no export (model.json) and no checkpoints/last.ckpt")
 
 
 def source_kind(path: str | Path, source: Path) -> str:

@@ -85,7 +85,7 @@ def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
     path = job / "rounds.json"
     if not path.exists():
         return []
-    seed = json.loads((job / "results.json").read_text()).get("seed") if (job / "results.json").exists() else None
+    results = json.loads((job / "results.json").read_text()) if (job / "results.json").exists() else {}
     return [
         {
             "job": f"{job.relative_to(sweep_dir)}/round{r['round']}",
@@ -93,7 +93,7 @@ def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
             "pruner": "imp",
             "granularity": "unstructured",
             "target": None,
-            "seed": seed,
+            "seed": results.get("seed"),
             "sparsity": r["sparsity"],
             "channel_sparsity": None,
             "test_acc": r.get("test_acc"),
@@ -101,7 +101,7 @@ def _round_rows(job: Path, sweep_dir: Path) -> list[dict[str, Any]]:
             "flops_ratio": None,
             "steps": r.get("steps_done"),
             "train_time_s": r.get("wall_s"),
-            "init_from": None,
+            "init_from": results.get("init_from"),
         }
         for r in json.loads(path.read_text())
     ]

@@ -266,3 +266,15 @@ def test_cfg_job_shows_resolved_values():
     assert proc.returncode == 0, proc.stderr
     assert "sparsity: 0.75" in proc.stdout and "seed: 0" in proc.stdout
     assert "${" not in proc.stdout
+
+
+def test_a_sweep_from_a_run_that_kept_no_weights_stops_before_its_first_job(tmp_path):
+    """A committed study run keeps results.json only: starting from it fails in one line at the check, not in
+    the sweep's first job after Hydra made its directory."""
+    run = tmp_path / "dense_seed0"
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    line = _line(["-m", "seed=0,1", "+pruner=bip", f"init_from={run}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    expected = f"init_from={run} holds no export (model.json) and no checkpoints/last.ckpt (sweep job: seed=0"
+    assert line.startswith(expected)
+    assert not (tmp_path / "sweep").exists()

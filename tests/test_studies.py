@@ -370,7 +370,9 @@ def test_compute_weights_each_phase_of_a_run_by_its_measured_step_time(tmp_path)
     (tmp_path / "bip_dense_s0.9_seed0" / "results.json").write_text(json.dumps(phases))
     from_dense = {"job": "bip_dense_s0.9_seed0", "pruner": "bip", "steps": "1000", "init_from": "x/dense_seed0"}
     assert dense_step_equivalents(from_dense, tmp_path, costs) == pytest.approx(500 + 800 * 2.0 + 200 * 1.1)
-    with pytest.raises(FileNotFoundError, match="started from x/dense_seed1, whose results.json"):
+    from_ckpt = {**from_dense, "init_from": "x/dense_seed0/checkpoints/last.ckpt"}  # a checkpoint names its run
+    assert dense_step_equivalents(from_ckpt, tmp_path, costs) == dense_step_equivalents(from_dense, tmp_path, costs)
+    with pytest.raises(FileNotFoundError, match="started from x/dense_seed1, whose run's results.json"):
         dense_step_equivalents({**from_dense, "init_from": "x/dense_seed1"}, tmp_path, costs)
     assert {"dense", "magnitude", "gmp", "bip"} <= set(step_costs())
 

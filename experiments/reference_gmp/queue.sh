@@ -6,7 +6,7 @@
 # Both sides get the same overrides, so the same seeded model, batches, augmentation, optimizer and LR.
 #   GRANET_CORE=<GraNet checkout>/CIFAR/sparselearning/core.py experiments/reference_gmp/queue.sh
 # Resumable: runs with a results.json are skipped (an interrupted run starts over). One run at a time: it
-# waits while any study's run (hydra.run.dir=experiments/*/runs/...) is going. Then:
+# waits while any study sweep (train.py -m experiment=...) or run of this queue is going. Then:
 #   .venv/bin/python -m experiments.reference_gmp.summarize
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,9 @@ PROTOCOL=(optim.schedule=multistep 'optim.milestones=[0.5,0.75]' data.augment=tr
 SCHEDULE=(pruner.keep_first_last=false pruner.allocation=global pruner.begin=0 pruner.end=0.5 pruner.update_every=50)
 END600=(pruner.keep_first_last=false pruner.allocation=global pruner.begin=0 pruner.end=0.4751 pruner.update_every=50)
 
-turn() { while pgrep -f "hydra.run.dir=experiments/[a-z_]*/runs/" >/dev/null; do sleep 10; done; }
+turn() {  # one training at a time: wait for any study sweep or run of this queue
+  while pgrep -f "train.py -m experiment=|hydra.run.dir=experiments/[a-z_]*/runs/" >/dev/null; do sleep 10; done
+}
 
 ref() {  # NAME overrides...: the official Masking in GMP mode (reference_gmp.py)
   local name=$1; shift

@@ -40,22 +40,35 @@ def _results(runs: Path, job: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def start_steps(row: dict[str, str], runs: Path) -> int:
-    """The optimizer steps of the run a row started from (`init_from`; 0 without one): its results.json, found
-    where the job recorded it (relative to the repository) or as a job of the same study.
+def start_run(row: dict[str, str], runs: Path) -> Path | None:
+    """The run directory a row started from (`init_from`: the run, its export or one of its checkpoints; None
+    without one), found where the job recorded it (relative to the repository) or as a job of the same study.
 
     Raises:
         FileNotFoundError: the source run's results.json is in neither place (its steps would go uncounted).
     """
     if not row.get("init_from"):
-        return 0
+        return None
     source = Path(row["init_from"])
+    if source.suffix in (".json", ".safetensors"):  # a file of an export
+        source = source.parent
+    if source.suffix == ".ckpt":  # RUN/checkpoints/last.ckpt
+        source = source.parent.parent
+    if source.name == "export":
+        source = source.parent
     for path in (source, ROOT / source, runs / source.name):
         if (path / "results.json").exists():
-            return int(json.loads((path / "results.json").read_text())["steps"])
+            return path
     raise FileNotFoundError(
-        f"{row['job']}: started from {source}, whose results.json is not there nor in {runs}: its steps are unknown"
+        f"{row['job']}: started from {row['init_from']}, whose run's results.json is not there nor in {runs}: "
+        "its steps are unknown"
     )
+
+
+def start_steps(row: dict[str, str], runs: Path) -> int:
+    """The optimizer steps of the run a row started from (0 without one)."""
+    source = start_run(row, runs)
+    return 0 if source is None else int(json.loads((source / "results.json").read_text())["steps"])
 
 
 def dense_step_equivalents(row: dict[str, str], runs: Path, costs: dict[str, float] | None = None) -> float | None:

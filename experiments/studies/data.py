@@ -7,6 +7,7 @@ collector's CSV, rewritten at the end of every sweep and by `python -m sparsetra
 from __future__ import annotations
 
 import csv
+import json
 import re
 import statistics
 from collections import defaultdict
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.studies.compute import dense_step_equivalents, start_steps
+from experiments.studies.compute import dense_step_equivalents, start_run, start_steps
 
 STUDIES = Path(__file__).resolve().parent
 NM_JOB = re.compile(r"(?P<method>\w+?)_nm(?P<n>\d)(?P<m>\d)_seed\d+")  # structured_nm's jobs: gmp_nm24_seed0
@@ -96,10 +97,14 @@ def model_setting(row: dict[str, str], settings: tuple[str, ...]) -> str:
     return row["job"].split("_", 1)[0]
 
 
-def method_of(row: dict[str, str]) -> str:
-    """A row's method: its pruner, "<pruner> from dense" for a run started from another run's trained weights
-    (`init_from`: the papers' setting for BiP, a different compute than a run from scratch)."""
-    return f"{row['pruner']} from dense" if row.get("init_from") else row["pruner"]
+def method_of(row: dict[str, str], runs: Path) -> str:
+    """A row's method: its pruner, or "<pruner> from <the source's method>" for a run started from another run's
+    trained weights (`init_from`; "bip from dense" is BiP in its paper's setting), a different compute than a run
+    from scratch."""
+    source = start_run(row, runs)
+    if source is None:
+        return row["pruner"]
+    return f"{row['pruner']} from {json.loads((source / 'results.json').read_text()).get('pruner') or 'dense'}"
 
 
 def cells(
@@ -114,7 +119,7 @@ def cells(
             continue
         setting = setting_of(row, settings)
         if setting is None or setting in settings:
-            grouped[(method_of(row), setting)].append(row)
+            grouped[(method_of(row, runs), setting)].append(row)
     return {
         key: Cell(
             key[0],

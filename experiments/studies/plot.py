@@ -74,9 +74,10 @@ SETTING_TEXT = (  # a job's setting, from its name without method and seed: gmp_
 )
 
 
-def job_setting(job: str, pruner: str) -> str:
-    """What distinguishes a job among its method's: the rest of its name, readable (`resnet18 90 %`)."""
-    words = [w for w in re.sub(r"_seed\d+$", "", job).split("_") if w != pruner]
+def job_setting(job: str, method: str) -> str:
+    """What distinguishes a job among its method's: the rest of its name without the method's words, readable
+    (`resnet18 90 %`; `bip_dense_s0.9_seed1` of "bip from dense": `90 %`)."""
+    words = [w for w in re.sub(r"_seed\d+$", "", job).split("_") if w not in method.split()]
     for i, word in enumerate(words):
         for pattern, text in SETTING_TEXT:
             if match := pattern.fullmatch(word):
@@ -99,9 +100,11 @@ def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
     runs = {r["job"]: r for r in read_rows(study) if r["job"].endswith(f"_seed{seed}")}
     styles = ["-", "--", ":", "-.", (0, (1, 1)), (0, (5, 1))]
     colors: dict[str, str] = {}
-    settings = sorted({job_setting(job, r["pruner"]) for job, r in runs.items() if r["pruner"] != "dense"})
+    study_runs = STUDIES / study / "runs"
+    methods = {job: method_of(r, study_runs) for job, r in runs.items()}
+    settings = sorted({job_setting(job, methods[job]) for job, r in runs.items() if r["pruner"] != "dense"})
     for job, row in sorted(runs.items()):
-        metrics = STUDIES / study / "runs" / job / "csv" / "metrics.csv"
+        metrics = study_runs / job / "csv" / "metrics.csv"
         if row["pruner"] == "dense" or not metrics.exists():
             continue
         with metrics.open() as f:
@@ -111,10 +114,10 @@ def sparsity_over_training(study: str, ax, seed: str = "0") -> None:
         if pts[0][0] > 0 and _dense_until(metrics.parent.parent):
             pts = [(0, 0.0), (pts[0][0], 0.0), *pts]
         grain = row.get("granularity") or "unstructured"
-        method = method_of(row) if grain == "unstructured" else f"{grain} {method_of(row)}"
+        method = methods[job] if grain == "unstructured" else f"{grain} {methods[job]}"
         new = method not in colors
         color = colors.setdefault(method, f"C{len(colors) % 10}")
-        style = styles[settings.index(job_setting(job, row["pruner"])) % len(styles)]
+        style = styles[settings.index(job_setting(job, methods[job])) % len(styles)]
         ax.plot(*zip(*pts, strict=True), lw=1, color=color, ls=style, label=method if new else None)
     if len(settings) > 1:
         for setting, style in zip(settings, styles, strict=False):
