@@ -286,6 +286,31 @@ def test_the_unstructured_table_has_a_2_4_column_from_the_structured_studys_nm_r
     assert "| lapp | 0.9180 ± 0.0010 (2) |  | 1263 |" in structured
 
 
+def test_the_papers_orderings_and_the_gap_to_dense_come_from_the_same_cells(tmp_path, monkeypatch):
+    from experiments.studies import orderings, tables
+
+    _studies(tmp_path, monkeypatch)
+    lines = orderings.report().splitlines()
+    assert "| GraNet ≥ GMP | 95 % | not run |" in lines
+    # a difference inside the seed spread is no ordering
+    assert (
+        "| LAPP ≥ uniform channel GMP, same FLOPs | 0.5 of dense FLOPs | within the seed spread: 0.9180 vs 0.9185 "
+        "(-0.05 pts, spread 0.10; 2 vs 1 seeds) |"
+    ) in lines
+    # BiP against IMP's round on 90 % (2 rounds, 2526 steps); BiP from dense took more steps than that round here
+    assert (
+        "| BiP ≥ IMP at lower compute | 90 % | bip, 2.0× fewer steps (1263 vs 2526): no: 0.9140 vs 0.9280 "
+        "(-1.40 pts, spread 0.00; 1 vs 1 seeds); bip from dense: not at lower compute (4631 vs 2526 steps) |"
+    ) in lines
+    # at equal steps: neither IMP's round nor BiP from dense is the best method, though both are more accurate
+    best = "| best at the dense run's steps vs dense | 90 % | gmp 0.9160, 0.40 pts below dense 0.9200 (no target) |"
+    assert best in lines
+    assert "| best at the dense run's steps vs dense | 95 % | no run at the dense run's steps |" in lines
+    readme = "a\n<!-- study:orderings -->\n<!-- /study:orderings -->\n"
+    rendered = tables.render(readme, (), orderings=True)
+    assert rendered == f"a\n<!-- study:orderings -->\n{orderings.report()}\n<!-- /study:orderings -->\n"
+
+
 def test_the_family_table_puts_each_model_in_its_column_beside_resnet20(tmp_path, monkeypatch):
     from experiments.studies import tables
 
@@ -310,7 +335,7 @@ def test_the_readme_has_a_block_for_every_study_table_and_the_gpu_preset_is_prin
     from experiments.studies import tables
 
     readme = tables.README.read_text()
-    assert tables.render(readme).count("<!-- study:") == len(tables.IN_README)
+    assert tables.render(readme).count("<!-- study:") == len(tables.IN_README) + 1  # + the orderings' block
     assert tables.render(readme) == readme, "README's study tables are stale: python -m experiments.studies.tables"
     assert "gpu_unstructured" not in tables.IN_README and "family" in tables.IN_README
     monkeypatch.setattr(tables, "README", tmp_path / "README.md")  # never written by --print

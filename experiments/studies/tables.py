@@ -26,6 +26,7 @@ from experiments.studies.data import (
     read_rows,
     target_setting,
 )
+from experiments.studies.orderings import report
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -165,13 +166,17 @@ def wall_time(study: str) -> str:
 IN_README = tuple(study for study, layout in LAYOUT.items() if layout.readme)
 
 
-def render(text: str, studies: tuple[str, ...] = IN_README) -> str:
-    """`text` with every study's block replaced by its table."""
-    for study in studies:
-        block = re.compile(rf"(<!-- study:{study} -->\n)(?:.*?\n)?(<!-- /study:{study} -->)", re.S)
+def render(text: str, studies: tuple[str, ...] = IN_README, orderings: bool | None = None) -> str:
+    """`text` with every study's block replaced by its table, and (by default with every study's table) the block
+    of the papers' orderings (`orderings.py`)."""
+    blocks: dict[str, Callable[[], str]] = {study: (lambda study=study: table(study)) for study in studies}
+    if orderings if orderings is not None else studies == IN_README:
+        blocks["orderings"] = report
+    for name, body_of in blocks.items():
+        block = re.compile(rf"(<!-- study:{name} -->\n)(?:.*?\n)?(<!-- /study:{name} -->)", re.S)
         if not block.search(text):
-            raise SystemExit(f"README.md has no block <!-- study:{study} --> ... <!-- /study:{study} -->")
-        body = table(study)
+            raise SystemExit(f"README.md has no block <!-- study:{name} --> ... <!-- /study:{name} -->")
+        body = body_of()
         text = block.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
