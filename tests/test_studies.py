@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from sparsetrain.cli import _job_overrides, check_command_line
 from sparsetrain.sweep_summary import collect, write_summary
@@ -85,7 +86,6 @@ def test_every_cpu_study_runs_one_job_at_a_time_here_and_composes_with_the_slurm
 
 def _composed(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", list(overrides))
@@ -463,10 +463,30 @@ def test_a_run_in_no_column_is_reported(tmp_path, monkeypatch):
     assert tables.unplaced("unstructured") == []  # IMP's rounds at other sparsities are not runs of a column
 
 
+def test_imp_rounds_tests_every_rounds_snapshot_of_a_finished_run(compose):
+    """`imp_rounds` finalizes each round's snapshot as an export would and tests it: one row per round, its
+    sparsity measured on the ticket (IMP's own record agrees), its steps the round's end."""
+    from experiments.studies import imp_rounds
+    from sparsetrain.app import run
+
+    cfg = compose("+pruner=imp", "pruner.sparsity=0.75", "pruner.rounds=2", "trainer.max_epochs=1",
+                  "snapshot_every_n_steps=5")  # fmt: skip
+    run(cfg)
+    run_dir = Path(cfg.output_dir)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    imp_rounds.main([str(run_dir)])
+    rows = json.loads((run_dir / "rounds.json").read_text())
+    recorded = json.loads((run_dir / "results.json").read_text())["rounds"]
+    assert [(r["round"], r["steps_done"]) for r in rows] == [(0, 5), (1, 10), (2, 15)]
+    for row, record in zip(rows, recorded, strict=True):
+        assert row["sparsity"] == pytest.approx(record["sparsity"], abs=1e-3) and 0 < row["test_acc"] <= 1
+    assert rows[-1]["test_acc"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["test_acc"])
+
+
 def test_the_imp_study_run_has_rounds_on_90_95_and_98_percent():
     """17 rounds of the configured fraction, LR rewinding; rounds 10, 13 and 17 within the table's 0.002 of 90,
     95 and 98 %."""
-    from omegaconf import OmegaConf
 
     swept = OmegaConf.load(CONF / "experiment" / "unstructured_imp.yaml").hydra.sweeper.params
     fraction, target = float(swept["pruner.prune_fraction"]), float(swept["pruner.sparsity"])

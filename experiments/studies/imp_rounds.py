@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     cfg = load_run_config(args.run_dir)
+    history = round_history(args.run_dir)  # first: each round it lists has its snapshot on disk by now
     snapshots = sorted((args.run_dir / "checkpoints").glob("step*.ckpt"))
     cache_path = args.run_dir / "tickets.json"  # per snapshot step: sparsity and test accuracy (reruns skip them)
     tickets = {int(k): v for k, v in json.loads(cache_path.read_text()).items()} if cache_path.exists() else {}
@@ -77,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         tickets[step] = {"sparsity": target_sparsity(network), "test_acc": test_accuracy(network, loader)}
         print(f"step {step}: sparsity {tickets[step]['sparsity']:.4f}  test {tickets[step]['test_acc']:.4f}")
         cache_path.write_text(json.dumps(tickets, indent=1) + "\n")
-    history = round_history(args.run_dir)
     rows = []
     for record in history:
         ticket = tickets.get(record["end_step"])
