@@ -24,6 +24,12 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+def bars(center: float, values: tuple[float, ...]) -> tuple[float, float]:
+    """Error bar lengths below and above `center` (a mean of `values`) to their range; never negative (the mean of
+    equal floats may land a rounding error past them)."""
+    return max(0.0, center - min(values)), max(0.0, max(values) - center)
+
+
 def accuracy_vs_sparsity(study: str, ax) -> None:
     settings, order = LAYOUT[study].settings, LAYOUT[study].methods
     found = cells(study, settings, LAYOUT[study].setting_of)
@@ -37,8 +43,7 @@ def accuracy_vs_sparsity(study: str, ax) -> None:
             continue
         xs = [s * 100 for s, _ in points]
         ys = [c.mean for _, c in points]
-        lo = [c.mean - min(c.test_acc) for _, c in points]
-        hi = [max(c.test_acc) - c.mean for _, c in points]
+        lo, hi = zip(*(bars(c.mean, c.test_acc) for _, c in points), strict=True)
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
     by_flops = LAYOUT[study].setting_of is not target_setting
     xlabel = "FLOPs / dense (×100)" if by_flops else "sparsity (%)"
@@ -58,7 +63,7 @@ def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip"
         for s in settings:
             c = found.get((method, s))
             if c and c.compute:
-                lo, hi = c.mean - min(c.test_acc), max(c.test_acc) - c.mean
+                lo, hi = bars(c.mean, c.test_acc)
                 ax.errorbar(statistics.fmean(c.compute), c.mean, yerr=[[lo], [hi]], marker=marker.get(s, "o"),
                             color=colors[method], capsize=3, label=f"{method} {s * 100:g} %")  # fmt: skip
     ax.set(xscale="log", xlabel="compute: steps × step time / dense step time (CPU benchmark)",
@@ -142,10 +147,8 @@ def accuracy_vs_flops(study: str, ax, granularity: str = "channel", dense_from: 
         mine = sorted((p for p in points if p.method == method), key=lambda p: sum(p.flops_ratio))
         xs = [sum(p.flops_ratio) / len(p.flops_ratio) for p in mine]
         ys = [sum(p.test_acc) / len(p.test_acc) for p in mine]
-        yerr = [[y - min(p.test_acc) for p, y in zip(mine, ys, strict=True)],
-                [max(p.test_acc) - y for p, y in zip(mine, ys, strict=True)]]  # fmt: skip
-        xerr = [[x - min(p.flops_ratio) for p, x in zip(mine, xs, strict=True)],
-                [max(p.flops_ratio) - x for p, x in zip(mine, xs, strict=True)]]  # fmt: skip
+        yerr = list(zip(*(bars(y, p.test_acc) for p, y in zip(mine, ys, strict=True)), strict=True))
+        xerr = list(zip(*(bars(x, p.flops_ratio) for p, x in zip(mine, xs, strict=True)), strict=True))
         label = method.removeprefix(f"{granularity} ") if method.endswith("lapp") else method
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
     ax.set(xlabel="measured FLOPs / dense FLOPs", ylabel="test accuracy",
