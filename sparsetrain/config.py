@@ -83,9 +83,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if not is_int(cfg.get("seed", 0)):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     init = cfg.get("init_from")
-    if init is not None and not Path(str(init)).exists():
-        raise ConfigError(f"init_from={init} does not exist (a run directory, its export/ or a .ckpt)")
     if init is not None:
+        if not Path(str(init)).exists():
+            raise ConfigError(f"init_from={init} does not exist (a run directory, its export/ or a .ckpt)")
         from sparsetrain.checkpoint_files import init_source
 
         try:

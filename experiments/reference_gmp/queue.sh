@@ -22,25 +22,23 @@ turn() {  # one training at a time: wait for any study sweep or run of this queu
   while pgrep -f "train.py -m experiment=|hydra.run.dir=experiments/[a-z_]*/runs/" >/dev/null; do sleep 10; done
 }
 
-ref() {  # NAME overrides...: the official Masking in GMP mode (reference_gmp.py)
-  local name=$1; shift
-  local dir=$RUNS/$name
-  if [ -f "$dir/results.json" ]; then echo "skip $name (done)"; return; fi
+start() {  # NAME OVERRIDES...: sets $dir to the run's folder and records the command; fails when the run is done
+  dir=$RUNS/$1; shift
+  if [ -f "$dir/results.json" ]; then echo "skip ${dir##*/} (done)"; return 1; fi
   turn
   mkdir -p "$dir"
   echo "$*" > "$dir/command.txt"
+}
+
+ref() {  # NAME overrides...: the official Masking in GMP mode (reference_gmp.py)
+  start "$@" || return 0; shift
   .venv/bin/python experiments/reference_gmp/reference_gmp.py --core "$GRANET_CORE" logger=csv progress_bar=false \
     trainer.max_epochs=3 "hydra.run.dir=$dir" "$@" > "$dir/log.txt" 2>&1
   grep "done:" "$dir/log.txt"
 }
 
 ours() {  # NAME overrides...: sparsetrain through train.py, with the reference side's base overrides
-  local name=$1; shift
-  local dir=$RUNS/$name
-  if [ -f "$dir/results.json" ]; then echo "skip $name (done)"; return; fi
-  turn
-  mkdir -p "$dir"
-  echo "$*" > "$dir/command.txt"
+  start "$@" || return 0; shift
   .venv/bin/python train.py logger=csv export=false progress_bar=false trainer.max_epochs=3 "hydra.run.dir=$dir" \
     "$@" > "$dir/log.txt" 2>&1
   rm -rf "$dir/checkpoints"
