@@ -489,6 +489,18 @@ def test_imp_rounds_tests_every_rounds_snapshot_of_a_finished_run(compose):
     assert rows[-1]["test_acc"] == pytest.approx(json.loads((run_dir / "results.json").read_text())["test_acc"])
 
 
+def test_imp_rounds_of_a_run_that_saved_nothing_yet_says_so(compose, tmp_path):
+    """A run just started (its config written, no results.json, no checkpoint): one line naming the run, not a
+    traceback."""
+    from experiments.studies import imp_rounds
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose("+pruner=imp")))
+    with pytest.raises(SystemExit, match="no IMP round has finished there"):
+        imp_rounds.main([str(tmp_path)])
+
+
 def test_the_imp_study_run_has_rounds_on_90_95_and_98_percent():
     """17 rounds of the configured fraction, LR rewinding; rounds 10, 13 and 17 within the table's 0.002 of 90,
     95 and 98 %."""

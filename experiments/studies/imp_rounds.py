@@ -48,7 +48,10 @@ def round_history(run_dir: Path) -> list[dict]:
     results = run_dir / "results.json"
     if results.exists():
         return json.loads(results.read_text())["rounds"]
-    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    saved = list((run_dir / "checkpoints").glob("*.ckpt"))
+    if not saved:
+        raise SystemExit(f"{run_dir}: no results.json and no checkpoint yet: no IMP round has finished there")
+    newest = max(saved, key=lambda p: p.stat().st_mtime)
     callbacks = torch.load(newest, map_location="cpu", weights_only=True)["callbacks"]
     state = next(v["pruner"] for k, v in callbacks.items() if k.startswith("SparsityCallback["))
     print(f"{run_dir}: no results.json yet; rounds recorded in {newest.name}: {len(state['history'])}")
