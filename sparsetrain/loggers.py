@@ -75,14 +75,16 @@ def wandb_run_id(run_dir: Path, ckpt_path: str | None) -> tuple[str, bool]:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    """CSV always (`run_dir/csv/metrics.csv`); W&B when `cfg.logger.wandb` is set (offline unless a key is set).
+    """CSV always (`run_dir/csv/metrics.csv`); W&B when `cfg.logger.wandb` is set (offline unless a key is set)
+    and `WANDB_MODE` is not `disabled` (W&B's own off switch, honoured before wandb is imported: a machine
+    without wandb installed runs with it).
 
     The W&B run is this job's own: in a multirun sweep its `group` is the sweep and its name the job's overrides
     (`logger.wandb.group`/`name` override both); resumed from a checkpoint, it continues the checkpoint's run.
     """
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is not None and wandb_cfg.get("enabled", True):
+    if wandb_cfg is not None and wandb_cfg.get("enabled", True) and wandb_mode() != "disabled":
         group, overrides = hydra_job()
         run_id, resumed = wandb_run_id(run_dir, cfg.get("ckpt_path"))
         loggers.append(

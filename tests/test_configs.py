@@ -110,11 +110,12 @@ def test_every_optim_yaml_builds_the_optimizer_and_lr_schedule_it_describes(comp
 
 
 @pytest.mark.parametrize("option", _options("logger"))
-def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path):
+def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path, monkeypatch):
     import yaml
 
     from sparsetrain.loggers import build_loggers
 
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the suite's default, disabled, builds no W&B logger
     described = yaml.safe_load((CONF / "logger" / f"{option}.yaml").read_text())
     loggers = build_loggers(compose(f"logger={option}", fast=False), tmp_path)
     assert type(loggers[0]) is CSVLogger and Path(loggers[0].log_dir) == tmp_path / "csv"  # always written
@@ -126,6 +127,17 @@ def test_every_logger_yaml_builds_its_loggers(compose, option, tmp_path):
         assert wandb._project == described["wandb"]["project"]
         assert wandb._offline  # no API key in the tests: never online
         assert Path(wandb.save_dir) == tmp_path
+
+
+def test_wandb_mode_disabled_leaves_the_csv_logger_alone(compose, tmp_path, monkeypatch):
+    """W&B's own off switch turns the W&B logger off (a GPU machine without wandb installed runs), no run id
+    written; the CSV logger stays."""
+    from sparsetrain.loggers import build_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    loggers = build_loggers(compose("logger=default", fast=False), tmp_path)
+    assert [type(x) for x in loggers] == [CSVLogger]
+    assert not (tmp_path / "wandb_id.txt").exists()
 
 
 LAUNCHERS = {
