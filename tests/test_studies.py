@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,26 +130,36 @@ def test_a_bad_value_in_a_study_sweep_names_the_job(tmp_path):
         check_command_line(argv, CONF)
 
 
-def _sweep(sweep_dir: Path, *extra: str, steps: int = 4, ok: bool = True) -> subprocess.CompletedProcess:
+def _sweep(
+    sweep_dir: Path, *extra: str, steps: int = 4, ok: bool = True, wandb: str = "disabled"
+) -> subprocess.CompletedProcess:
     args = ["-m", "experiment=unstructured", "+pruner=gmp", "seed=0", "data=fake", "data.num_samples=64",
             "data.num_test=16", "data.batch_size=16", "data.image_size=16", "model=lenet5", "trainer.max_epochs=-1",
             f"trainer.max_steps={steps}", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
             f"hydra.sweep.dir={sweep_dir}", *extra]  # fmt: skip
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "WANDB_MODE": wandb}
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
     assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     return proc
 
 
 def test_a_study_resumes_where_it_stopped(tmp_path):
     """Finished jobs are skipped (their files untouched), an interrupted job continues from its last.ckpt, and
-    the study's CSV has one row per job with the method in a `pruner` column."""
-    _sweep(tmp_path)
+    the study's CSV has one row per job with the method in a `pruner` column. Each job has its own offline W&B
+    run, and the interrupted one continues its own."""
+    _sweep(tmp_path, wandb="offline")
     jobs = [tmp_path / f"gmp_s{s}_seed0" for s in (0.9, 0.95, 0.98)]
     mtimes = {job: (job / "results.json").stat().st_mtime_ns for job in jobs}
+    ids = [(job / "wandb_id.txt").read_text().strip() for job in jobs]
+    assert len(set(ids)) == 3
+    assert all(list(job.glob(f"wandb/offline-run-*-{i}")) for job, i in zip(jobs, ids, strict=True))
     (jobs[2] / "results.json").unlink()  # as if the sweep had been stopped during its last job
-    proc = _sweep(tmp_path)
+    proc = _sweep(tmp_path, wandb="offline")
     out = proc.stdout + proc.stderr
     assert out.count("skip: ") == 2 and "resuming the interrupted job" in out
+    assert (jobs[2] / "wandb_id.txt").read_text().strip() == ids[2]
     assert all((job / "results.json").stat().st_mtime_ns == mtimes[job] for job in jobs[:2])
     assert json.loads((jobs[2] / "results.json").read_text())["steps"] == 4  # no step trained twice
     with open(tmp_path / "summary.csv") as f:
