@@ -97,3 +97,19 @@ def test_no_host_device_sync_on_the_per_step_path(key):
             pruner.after_optimizer_step(step, optimizer)
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "nm"])
+def test_a_pdp_threshold_refresh_does_not_wait_for_the_gpu(granularity):
+    """PDP's threshold refresh (every `threshold_every` steps: a top-k and a spread per layer) leaves everything on
+    the device. Three syncs per layer made PDP 16x slower than its step alone when 12 trainings shared a GPU."""
+    model = ResNetTiny().cuda()
+    pruner = make("pdp", granularity)
+    pruner.attach(model, 40, torch.zeros(1, 3, 8, 8, device="cuda"))
+    pruner.on_fit_start(torch.optim.SGD(model.parameters(), lr=0.05), [])
+    pruner.before_forward(pruner.warmup_step)  # the budgets (one global ranking) and the first refresh
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pruner.refresh_thresholds(0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -234,6 +234,33 @@ def test_thresholds_use_no_autograd_no_kthvalue_and_refresh_once_per_optimizer_s
     assert not soft.t2.requires_grad and soft.t2.grad_fn is None and soft.inv_tau.grad_fn is None
 
 
+@pytest.mark.parametrize("granularity", ["unstructured", "nm"])
+@pytest.mark.parametrize("tau_normalize", [True, False])
+def test_a_threshold_refresh_reads_nothing_back_to_the_host(monkeypatch, granularity, tau_normalize):
+    """A refresh leaves its thresholds on the device: no `.item()`, `float()`, `bool()` or `.tolist()` of a tensor
+    (on a GPU each is a sync, and a refresh did three per layer). The CPU stand-in for the GPU test's
+    `set_sync_debug_mode("error")`; the thresholds still move with the weights."""
+    kw = {"granularity": granularity, "sparsity": 0.5} if granularity == "nm" else {}
+    model, pruner = _pdp(tau_normalize=tau_normalize, **kw)
+    pruner.before_forward(10)
+    before = {n: (s.t2.clone(), s.inv_tau.clone()) for n, s in pruner.soft.soft.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a threshold refresh read a tensor back to the host")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    pruner.refresh_thresholds(pruner.progress(20))
+    monkeypatch.undo()
+    for name, soft in pruner.soft.soft.items():
+        assert not torch.equal(soft.t2, before[name][0]), name
+        if tau_normalize:
+            assert not torch.equal(soft.inv_tau, before[name][1]), name
+
+
 # ------------------------------------------------------------------------------ τ scale and hardening
 def _soft_phase(granularity: str, seed: int = 0, **kw):
     """A small net trained through PDP's soft phase, stopped right before the hardening step.

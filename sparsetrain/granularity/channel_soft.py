@@ -249,9 +249,10 @@ class ChannelSoftMasks:
             s2 = group_scores(self.model, group).detach().float()
             keep = max(1, round((1.0 - budgets[str(i)] * fraction) * group.size))
             t, hard = threshold_between(s2.sqrt(), keep)
+            t = float(t)  # channel thresholds are host floats (ChannelMaskState): one read per group
             # rounded to float32 as the scores are: the same values the thresholds had as float32 buffers
             state.t2[i] = _f32(t * t if t > 0 else -1.0)
-            scale = spread(s2) if normalize else 1.0
+            scale = float(spread(s2)) if normalize else 1.0
             state.inv_tau[i] = _f32(1.0 / (tau * max(scale, 1e-30)))
             group.expand(hard, new)
         if self.groups:

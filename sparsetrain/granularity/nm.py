@@ -135,11 +135,11 @@ class NMSoftMasks(WeightSoftMasks):
         t_full = t.unsqueeze(1).expand_as(groups)
         return nm_ungroup(t_full, magnitude.shape), nm_ungroup(hard, magnitude.shape)
 
-    def scale(self, magnitude: torch.Tensor, keep: int) -> float:
+    def scale(self, magnitude: torch.Tensor, keep: int) -> torch.Tensor:
         return nm_gap_spread(magnitude, self.m, keep)
 
 
-def nm_gap_spread(magnitude: torch.Tensor, m: int, keep: int) -> float:
+def nm_gap_spread(magnitude: torch.Tensor, m: int, keep: int) -> torch.Tensor:
     """Median over the N:M groups of the gap between the smallest kept and the largest pruned w².
 
     Each group's t² lies inside its own gap, so this is the scale that separates a group's kept weights from
@@ -150,4 +150,4 @@ def nm_gap_spread(magnitude: torch.Tensor, m: int, keep: int) -> float:
     values = nm_group_view(magnitude.float(), m).sort(dim=1, descending=True).values
     gap = values[:, keep - 1] ** 2 - values[:, keep] ** 2
     median = _quantiles(gap, (0.5,))[0]
-    return median if median > 0 else spread(magnitude**2)
+    return torch.where(median > 0, median, spread(magnitude**2))

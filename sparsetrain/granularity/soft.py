@@ -92,11 +92,11 @@ class WeightSoftMasks:
         """Entries kept at `fraction` of the layer's budget."""
         return round((1.0 - budget * fraction) * numel)
 
-    def threshold(self, magnitude: torch.Tensor, keep: int) -> tuple[Any, torch.Tensor]:
+    def threshold(self, magnitude: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         return threshold_between(magnitude, keep)
 
-    def scale(self, magnitude: torch.Tensor, keep: int) -> float:
-        """The spread τ is relative to."""
+    def scale(self, magnitude: torch.Tensor, keep: int) -> torch.Tensor:
+        """The spread τ is relative to (a 0-dim float64 tensor on the weights' device)."""
         return spread(magnitude**2)
 
     @torch.no_grad()
@@ -104,17 +104,24 @@ class WeightSoftMasks:
         self, masks: MaskSet, weights: dict[str, str], budgets: dict[str, float], fraction: float, tau: float,
         normalize: bool,
     ) -> None:  # fmt: skip
-        """Thresholds t² and 1/τ at `fraction` of the budgets, and the hard-equivalent masks (m ≥ 0.5)."""
+        """Thresholds t² and 1/τ at `fraction` of the budgets, and the hard-equivalent masks (m ≥ 0.5).
+
+        All on the weights' device, nothing read back to the host: a refresh costs its kernels, not a sync per
+        layer (on a GPU shared by several trainings, each sync waited for the others' work). The scalars are
+        computed in float64, as the host floats they replace were, so the thresholds are the same bits.
+        """
         for fqn, name in weights.items():
             w = masks.params[fqn].detach()
             soft = self.soft[name]
             magnitude = w.abs().float()
             keep = self.keep(budgets[fqn], fraction, w.numel())
             t, hard = self.threshold(magnitude, keep)
-            t = torch.as_tensor(t, dtype=w.dtype, device=w.device)
-            soft.t2 = torch.where(t < 0, torch.full_like(t, -1.0), t * t)  # t < 0: nothing pruned yet, m = 1
-            scale = self.scale(magnitude, keep) if normalize else 1.0
-            soft.inv_tau = torch.tensor(1.0 / (tau * max(scale, 1e-30)), dtype=w.dtype, device=w.device)
+            t = t.to(w.dtype)
+            soft.t2 = torch.where(t < 0, -1.0, t * t)  # t < 0: nothing pruned yet, m = 1
+            if normalize:
+                soft.inv_tau = (1.0 / (tau * self.scale(magnitude, keep).clamp_min(1e-30))).to(w.dtype)
+            else:
+                soft.inv_tau = torch.full((), 1.0 / tau, dtype=w.dtype, device=w.device)
             masks.set(fqn, hard)
 
     def mask(self, masks: MaskSet, name: str) -> torch.Tensor:
@@ -152,21 +159,24 @@ class WeightSoftMasks:
         pass
 
 
-def threshold_between(magnitude: torch.Tensor, keep: int) -> tuple[float, torch.Tensor]:
-    """t halfway between the smallest kept and the largest pruned magnitude, and the exact top-k mask."""
+def threshold_between(magnitude: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """t halfway between the smallest kept and the largest pruned magnitude (-1 when all are kept), a 0-dim
+    float64 tensor on the magnitudes' device (no host sync), and the exact top-k mask."""
     n = magnitude.numel()
     flat = magnitude.reshape(-1)
     if keep >= n:
-        return -1.0, torch.ones_like(magnitude, dtype=torch.bool)
+        all_kept = torch.full((), -1.0, dtype=torch.float64, device=flat.device)
+        return all_kept, torch.ones_like(magnitude, dtype=torch.bool)
     values, index = torch.topk(flat, keep + 1)
     hard = torch.zeros(n, dtype=torch.bool, device=flat.device)
     hard[index[:keep]] = True
-    t = 0.5 * float(values[keep - 1] + values[keep]) if keep > 0 else float(values[0]) * 1.0001
+    t = 0.5 * (values[keep - 1] + values[keep]).double() if keep > 0 else values[0].double() * 1.0001
     return t, hard.reshape(magnitude.shape)
 
 
-def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
-    """Nearest-rank quantiles by one sort (no `kthvalue`, slow on GPU; no `torch.quantile`, capped at 16M).
+def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Nearest-rank quantiles by one sort (no `kthvalue`, slow on GPU; no `torch.quantile`, capped at 16M), as
+    float64 on the values' device.
 
     Above `_SORT_MAX` entries a strided subsample is sorted; the stride is odd, so it still visits every
     column of a power-of-two wide layer.
@@ -176,16 +186,17 @@ def _quantiles(values: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
         flat = flat[:: -(-flat.numel() // _SORT_MAX) | 1]
     ordered = flat.sort().values
     last = ordered.numel() - 1
-    return ordered[[round(q * last) for q in qs]].tolist()
+    return torch.stack([ordered[round(q * last)] for q in qs]).double()  # int indices: views, no index upload
 
 
-def spread(scores: torch.Tensor) -> float:
-    """Interquartile range of the scores a threshold is compared with; their mean where that is 0.
+def spread(scores: torch.Tensor) -> torch.Tensor:
+    """Interquartile range of the scores a threshold is compared with; their mean where that is 0. A 0-dim
+    float64 tensor on the scores' device.
 
     Robust: a few very large weights, which set the standard deviation of w², do not set the temperature.
     """
     lo, hi = _quantiles(scores, (0.25, 0.75))
-    return hi - lo if hi > lo else float(scores.float().mean())
+    return torch.where(hi > lo, hi - lo, scores.float().mean().double())
 
 
 __all__ = ["SoftMask", "WeightSoftMasks", "spread", "threshold_between"]
