@@ -68,4 +68,5 @@ def global_keep_counts(scores: Mapping[str, torch.Tensor], sparsity: float) -> d
     if k > 0:
         chosen[torch.topk(flat, k, sorted=False).indices] = 1
     sizes = [scores[n].numel() for n in names]
-    return {n: int(part.sum()) for n, part in zip(names, torch.split(chosen, sizes), strict=True)}
+    counts = torch.stack([part.sum() for part in torch.split(chosen, sizes)]).tolist()  # one read, not one a layer
+    return dict(zip(names, counts, strict=True))

@@ -174,8 +174,8 @@ class MaskSet:
         and (when `enforce`) re-mask the weights."""
         masks = self.masks
         changed = {fqn: old != masks[fqn] for fqn, old in before.items()}
-        if optimizer is not None:
-            self.zero_optimizer_state(optimizer, {fqn: d for fqn, d in changed.items() if d.any()})
+        if optimizer is not None:  # every layer, changed or not: asking which changed is a host sync per layer
+            self.zero_optimizer_state(optimizer, changed)
         for fqn, old in before.items():
             self.param(fqn).masked_fill_((old == 0) & (masks[fqn] != 0), 0.0)
         if enforce:
@@ -187,12 +187,14 @@ class MaskSet:
         return int(sum(m.count_nonzero() for m in masks)) / sum(m.numel() for m in masks)
 
     def grown_fraction(self, before: dict[str, torch.Tensor], fqns: Iterable[str]) -> float:
-        """Fraction of the active entries of `fqns` that were inactive in `before` (the churn of an event)."""
-        grown = active = 0
-        for fqn in fqns:
-            new = self.mask(fqn)
-            grown += int(((new != 0) & (before[fqn] == 0)).sum())
-            active += int(new.count_nonzero())
+        """Fraction of the active entries of `fqns` that were inactive in `before` (the churn of an event); one
+        read back to the host, however many layers."""
+        fqns = list(fqns)
+        if not fqns:
+            return 0.0
+        grown = torch.stack([((self.mask(f) != 0) & (before[f] == 0)).sum() for f in fqns]).sum()
+        active = torch.stack([self.mask(f).count_nonzero() for f in fqns]).sum()
+        grown, active = torch.stack([grown, active]).tolist()
         return grown / active if active else 0.0
 
     @torch.no_grad()

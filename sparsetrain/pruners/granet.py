@@ -238,7 +238,7 @@ class GraNet(Pruner):
         optimizer = self._step_optimizer if self._step_optimizer is not None else getattr(self, "optimizer", None)
         if optimizer is not None:
             removed = {fqn: before[fqn] & ~self._carried[fqn] for fqn in self.weights}
-            self.masks.zero_optimizer_state(optimizer, {fqn: r for fqn, r in removed.items() if r.any()})
+            self.masks.zero_optimizer_state(optimizer, removed)  # every layer: no host sync per layer
 
     def churn(self, before: dict[str, torch.Tensor]) -> float:
         """Fraction of the active weights that restart from 0 at this event (see the class docstring).
@@ -278,10 +278,11 @@ class GraNet(Pruner):
         if fraction <= 0:
             return
         params, masks = self.masks.params, self.masks.masks
-        for fqn in self.weights:
+        # every layer's active count in one read (a layer's swap leaves the others' counts as they are)
+        counts = torch.stack([masks[fqn].count_nonzero() for fqn in self.weights]).tolist()
+        for fqn, n_active in zip(self.weights, counts, strict=True):
             mask = masks[fqn]
             active = mask != 0
-            n_active = int(active.sum())
             n_swap = self.drop_count(fraction, n_active)
             if n_swap == 0 or n_active == 0:
                 continue
