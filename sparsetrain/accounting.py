@@ -32,9 +32,11 @@ def module_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, di
     return total, per_module
 
 
-def mask_density(mask: torch.Tensor | None) -> float:
-    """Fraction of active entries (1.0 without a mask)."""
-    return 1.0 if mask is None else float(mask.count_nonzero()) / mask.numel()
+def active_counts(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Active entries of every mask, read back to the host at once (one sync on a GPU, not one per layer)."""
+    if not masks:
+        return {}
+    return dict(zip(masks, torch.stack([m.count_nonzero() for m in masks.values()]).tolist(), strict=True))
 
 
 def account(
@@ -58,26 +60,27 @@ def account(
     """
     total_flops, per_module = flops
     params_total = sum(p.numel() for p in model.parameters())
-    inactive = {fqn: m.numel() - int(m.count_nonzero()) for fqn, m in masks.items()}
+    nonzero = active_counts(masks)
+    density = {fqn: float(nonzero[fqn]) / m.numel() for fqn, m in masks.items()}
+    inactive = {fqn: m.numel() - nonzero[fqn] for fqn, m in masks.items()}
     removed_flops = 0.0
-    for fqn, mask in masks.items():
+    for fqn in masks:
         owner, _, pname = fqn.rpartition(".")
         if pname == "weight" and owner in per_module:
-            removed_flops += per_module[owner] * (1.0 - mask_density(mask))
+            removed_flops += per_module[owner] * (1.0 - density[fqn])
     report_layers, targeted, active = {}, 0, 0
     for name in layers:
         weight = model.get_submodule(name).weight
-        mask = masks.get(f"{name}.weight")
-        density = mask_density(mask)
         numel = weight.numel()
         targeted += numel
-        active += numel if mask is None else int(mask.count_nonzero())
+        active += nonzero.get(f"{name}.weight", numel)
         dense = per_module.get(name, 0)
+        layer_density = density.get(f"{name}.weight", 1.0)
         report_layers[name] = {
             "shape": list(weight.shape),
-            "density": density,
+            "density": layer_density,
             "flops_dense": dense,
-            "flops_sparse": round(dense * density),
+            "flops_sparse": round(dense * layer_density),
         }
     return {
         "sparsity": 1.0 - active / targeted if targeted else 0.0,

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from sparsetrain.accounting import account, module_flops
 from sparsetrain.models.cifar_resnet import resnet20
 from tests.helpers.matrix import make
 
@@ -49,7 +50,7 @@ def counting_host_reads() -> Iterator[Counter]:
 @pytest.mark.parametrize("key", ["magnitude", "gmp", "granet", "rigl", "set", "pdp", "bip"])
 def test_an_update_event_reads_a_few_numbers_back_not_one_per_layer(key):
     torch.manual_seed(0)
-    model = resnet20(num_classes=10, in_chans=1)  # 19 targeted layers: a per-layer read is >= 19 an event
+    model = resnet20(num_classes=10, in_chans=1)  # 20 targeted layers: a per-layer read is >= 20 an event
     pruner = make(key, "unstructured", sparsity=0.9, **BUDGETS.get(key, {"update_every": 5}))
     steps = 16
     pruner.attach(model, steps, torch.zeros(1, 1, 8, 8))
@@ -68,3 +69,22 @@ def test_an_update_event_reads_a_few_numbers_back_not_one_per_layer(key):
         reads.append(sum(counts.values()))
     assert pruner.global_sparsity() > 0.3  # events happened
     assert max(reads) <= 4, reads
+
+
+def test_the_metrics_logged_at_an_event_read_the_masks_back_once():
+    """What the callback logs at every event (`sparsity/global`, `sparsity/<layer>`, `flops/ratio` from
+    `account`) reads the masks' counts back once each, not once per layer."""
+    torch.manual_seed(0)
+    model = resnet20(num_classes=10, in_chans=1)
+    pruner = make("gmp", "unstructured", sparsity=0.9)
+    pruner.attach(model, 10, torch.zeros(1, 1, 8, 8))
+    pruner.prune_to(0.9)
+    flops = module_flops(model, torch.zeros(1, 1, 8, 8))
+    with counting_host_reads() as counts:
+        layers = pruner.layer_sparsity()
+        report = account(model, flops, pruner.mask_dict(), pruner.targets)
+        total = 1.0 - pruner.masks.density(*pruner.weights)
+    assert sum(counts.values()) <= 3, counts
+    assert len(layers) == 20 and report["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert report["sparsity"] == pytest.approx(total, abs=1e-12)
+    assert 0 < report["flops_sparse"] < report["flops_dense"]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsetrain.accounting import active_counts
 from sparsetrain.granularity import make_granularity
 from sparsetrain.masking import MaskSet
 from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, register_pruner, shared_key_doc
@@ -252,7 +253,8 @@ class Pruner(ConfiguredPruner):
 
     def layer_sparsity(self) -> dict[str, float]:
         """Sparsity of each targeted layer, keyed by module FQN."""
-        return {name: 1.0 - self.masks.density(fqn) for fqn, name in self.weights.items()}
+        counts = active_counts({fqn: self.masks.mask(fqn) for fqn in self.weights})  # one read, not one a layer
+        return {name: 1.0 - counts[fqn] / self.masks.mask(fqn).numel() for fqn, name in self.weights.items()}
 
     def global_sparsity(self) -> float:
         """Fraction of inactive targeted weights, from the masks."""
