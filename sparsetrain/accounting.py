@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sparsetrain.masking import active_counts
+
 
 @torch.no_grad()
 def module_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
@@ -30,13 +32,6 @@ def module_flops(model: nn.Module, example_input: torch.Tensor) -> tuple[int, di
     root = type(model).__name__ + "."
     per_module = {k[len(root) :]: int(sum(v.values())) for k, v in counts.items() if k.startswith(root)}
     return total, per_module
-
-
-def active_counts(masks: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Active entries of every mask, read back to the host at once (one sync on a GPU, not one per layer)."""
-    if not masks:
-        return {}
-    return dict(zip(masks, torch.stack([m.count_nonzero() for m in masks.values()]).tolist(), strict=True))
 
 
 def account(

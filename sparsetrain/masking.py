@@ -38,6 +38,13 @@ def resolve(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
     return owner, pname
 
 
+def active_counts(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Active entries of every mask, read back to the host at once (one sync on a GPU, not one per layer)."""
+    if not masks:
+        return {}
+    return dict(zip(masks, torch.stack([m.count_nonzero() for m in masks.values()]).tolist(), strict=True))
+
+
 class MaskSet:
     """The hard masks of one model, keyed by parameter FQN (`"layer1.0.conv1.weight"`).
 

@@ -15,7 +15,7 @@ from tests.helpers.callbacks import StopAfterFirstEpoch, ZeroAfterStep
 from tests.helpers.checks import assert_target_reached, live
 from tests.helpers.fits import fit, fit_with_checkpoints
 from tests.helpers.matrix import SLIMMING, make, matrix
-from tests.helpers.nets import Net, ResNetTiny, batches
+from tests.helpers.nets import Net, ResNetTiny, batches, plain_step
 
 pytestmark = pytest.mark.gpu
 
@@ -89,12 +89,7 @@ def test_no_host_device_sync_on_the_per_step_path(key):
             event = step >= pruner.warmup_step and ((step - pruner.warmup_step) % 10 == 0 or step >= pruner.harden_step)
         torch.cuda.set_sync_debug_mode(0 if event else "error")
         try:
-            pruner.before_forward(step)
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            pruner.before_optimizer_step(step, optimizer)
-            optimizer.step()
-            pruner.after_optimizer_step(step, optimizer)
+            plain_step(model, pruner, optimizer, (x, y), step)
         finally:
             torch.cuda.set_sync_debug_mode(0)
 

@@ -19,6 +19,7 @@ import torch
 from sparsetrain.accounting import account, module_flops
 from sparsetrain.models.cifar_resnet import resnet20
 from tests.helpers.matrix import make
+from tests.helpers.nets import plain_step
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 # per pruner: an event every 5 steps (PDP: a threshold refresh; magnitude: its one prune; BiP: a top-k every step)
@@ -60,12 +61,7 @@ def test_an_update_event_reads_a_few_numbers_back_not_one_per_layer(key):
     reads = []
     for step in range(steps):
         with counting_host_reads() as counts:
-            pruner.before_forward(step)
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            pruner.before_optimizer_step(step, optimizer)
-            optimizer.step()
-            pruner.after_optimizer_step(step, optimizer)
+            plain_step(model, pruner, optimizer, (x, y), step)
         reads.append(sum(counts.values()))
     assert pruner.global_sparsity() > 0.3  # events happened
     assert max(reads) <= 4, reads

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsetrain.accounting import active_counts
 from sparsetrain.granularity import make_granularity
-from sparsetrain.masking import MaskSet
+from sparsetrain.masking import MaskSet, active_counts
 from sparsetrain.pruner_keys import ConfiguredPruner, check_fraction, register_pruner, shared_key_doc
 from sparsetrain.schedules import SparsitySchedule, to_step
 from sparsetrain.slim import ChannelRemoval

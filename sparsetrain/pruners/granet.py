@@ -10,6 +10,7 @@ import torch
 from sparsetrain.allocation import erk_densities, keep_counts, uniform_densities
 from sparsetrain.granularity import REGISTRY as GRANULARITY_REGISTRY
 from sparsetrain.granularity import Granularity
+from sparsetrain.masking import active_counts
 from sparsetrain.pruners.base import Pruner, register_pruner
 from sparsetrain.schedules import SparsitySchedule, to_step
 
@@ -279,8 +280,8 @@ class GraNet(Pruner):
             return
         params, masks = self.masks.params, self.masks.masks
         # every layer's active count in one read (a layer's swap leaves the others' counts as they are)
-        counts = torch.stack([masks[fqn].count_nonzero() for fqn in self.weights]).tolist()
-        for fqn, n_active in zip(self.weights, counts, strict=True):
+        counts = active_counts({fqn: masks[fqn] for fqn in self.weights})
+        for fqn, n_active in counts.items():
             mask = masks[fqn]
             active = mask != 0
             n_swap = self.drop_count(fraction, n_active)

@@ -131,22 +131,32 @@ def train_plain(
     With `check_zero`, fail as soon as an optimizer step moved a masked weight off zero (seen before the
     pruner re-masks the weights).
     """
-    losses = []
+
+    def no_weight_revived(step: int) -> None:
+        moved = revived(pruner)
+        assert not moved, f"step {step}: the optimizer step moved masked weights off zero: {moved}"
+
     pruner.on_fit_start(optimizer, [])
-    for step in range(steps):
-        x, y = data[step % len(data)]
-        pruner.before_forward(step)
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        pruner.before_optimizer_step(step, optimizer)
-        optimizer.step()
-        if check_zero:
-            moved = revived(pruner)
-            assert not moved, f"step {step}: the optimizer step moved masked weights off zero: {moved}"
-        pruner.after_optimizer_step(step, optimizer)
-        losses.append(float(loss.detach()))
-    return losses
+    check = no_weight_revived if check_zero else None
+    return [float(plain_step(model, pruner, optimizer, data[s % len(data)], s, check)) for s in range(steps)]
+
+
+def plain_step(
+    model: nn.Module, pruner, optimizer: torch.optim.Optimizer, batch, step: int, check=None
+) -> torch.Tensor:
+    """One optimizer step driven the way the callback drives it; `check(step)` runs between the optimizer step
+    and the pruner's re-mask. The loss stays a tensor (reading it is the caller's choice: a host sync on a GPU)."""
+    x, y = batch
+    pruner.before_forward(step)
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    pruner.before_optimizer_step(step, optimizer)
+    optimizer.step()
+    if check is not None:
+        check(step)
+    pruner.after_optimizer_step(step, optimizer)
+    return loss.detach()
 
 
 class Net(pl.LightningModule):
