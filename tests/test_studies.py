@@ -25,6 +25,7 @@ GRID = {
     "unstructured_dense": 2,
     "unstructured_imp": 2,
     "unstructured_bip_from_dense": 3 * 2,
+    "unstructured_low": 3 * 2 * 2,
     "structured_channel": 2 * 2 * 2,
     "structured_lapp": 2 * 2,
     "structured_nm": 4 * 2,
@@ -295,6 +296,25 @@ def test_the_unstructured_table_has_a_2_4_column_from_the_structured_studys_nm_r
     assert "| gmp | 0.9185 (1) | 0.9175 (1) | 1263 |" in structured  # channel runs only: no 2:4 run in a budget
     assert "| pdp | 0.9165 (1) |  | 1263 |" in structured
     assert "| lapp | 0.9180 ± 0.0010 (2) |  | 1263 |" in structured
+
+
+def test_a_50_or_80_percent_column_shows_only_where_a_method_ran_there(tmp_path, monkeypatch):
+    """The sweeps "where time allows" (50 and 80 %) get a column once a method has a cell there, IMP's round that
+    lands within 0.002 of it included; the dense reference alone makes no column."""
+    from experiments.studies import tables
+
+    studies = _studies(tmp_path, monkeypatch)
+    un = studies / "unstructured" / "runs"
+    _run(un, "gmp_s0.5_seed0", "gmp", 0.921, sparsity=0.5, granularity="unstructured")
+    rounds = json.loads((un / "imp_s0.98_seed0" / "rounds.json").read_text())
+    rounds.insert(1, {**rounds[1], "round": 1, "sparsity": 0.49887, "test_acc": 0.93})
+    (un / "imp_s0.98_seed0" / "rounds.json").write_text(json.dumps(rounds))
+    write_summary(un)
+    lines = tables.table("unstructured").splitlines()
+    assert lines[0] == "| method | 50 % | 90 % | 95 % | 98 % | 2:4 | optimizer steps per run |"  # no 80 % run
+    assert "| gmp | 0.9210 (1) | 0.9160 ± 0.0010 (2) |  |  | 0.9200 ± 0.0010 (2) | 1263 |" in lines
+    assert any(line.startswith("| imp | 0.9300 (1) | 0.9280 (1) |") for line in lines)
+    assert tables.unplaced("unstructured") == []
 
 
 def test_the_papers_orderings_and_the_gap_to_dense_come_from_the_same_cells(tmp_path, monkeypatch):

@@ -52,11 +52,12 @@ class Column:
 
 @dataclass(frozen=True)
 class Layout:
-    """A study's table: its columns (settings), its rows (methods), how a row finds its column; columns from
-    other studies after those (`extra`) or before them (`before`); row labels other than the method's name;
-    whether README.md has a block for it."""
+    """A study's table: its columns (settings), its rows (methods), how a row finds its column; settings whose
+    column is shown only where some method ran there (`optional`, before the others: the sweeps "where time
+    allows"); columns from other studies after those (`extra`) or before them (`before`); row labels other than
+    the method's name; whether README.md has a block for it."""
 
-    settings: tuple[float | str, ...]
+    required: tuple[float | str, ...]
     methods: tuple[str, ...]
     setting_of: Callable = target_setting
     header: Callable[[float], str] = lambda s: f"{s * 100:g} %"
@@ -64,6 +65,12 @@ class Layout:
     before: tuple[Column, ...] = ()  # columns from other studies before the settings' own
     labels: dict[str, str] = field(default_factory=dict)
     readme: bool = True
+    optional: tuple[float | str, ...] = ()
+
+    @property
+    def settings(self) -> tuple[float | str, ...]:
+        """Every setting of the study's own runs, in column order."""
+        return (*self.optional, *self.required)
 
     def columns(self) -> tuple[Column, ...]:
         return (*self.before, *(Column(self.header(s), (Source(None, s),)) for s in self.settings), *self.extra)
@@ -71,6 +78,7 @@ class Layout:
 
 UNSTRUCTURED_METHODS = ("dense", "magnitude", "gmp", "imp", "granet", "rigl", "set", "pdp", "bip", "bip from dense")
 NM24 = Column("2:4", (Source("structured", "2:4", nm_setting), Source(None, None, methods=("dense",))))
+LOW_SPARSITIES = (0.5, 0.8)  # GMP, PDP and GraNet where time allows; IMP's rounds 3 and 7 land there too
 FAMILY_METHODS = ("dense", "gmp", "granet", "pdp", "bip", "lapp")
 RESNET20 = Column(
     "ResNet-20, 28 px",
@@ -80,7 +88,7 @@ RESNET20 = Column(
     ),
 )
 LAYOUT = {
-    "unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, extra=(NM24,)),
+    "unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, extra=(NM24,), optional=LOW_SPARSITIES),
     "structured": Layout((0.5, 0.4), ("dense", "gmp", "pdp", "lapp"), flops_setting, lambda s: f"{s:g} of dense FLOPs"),
     "family": Layout(
         ("resnet18", "vit"),
@@ -91,7 +99,7 @@ LAYOUT = {
         labels={m: f"{m} 90 %" for m in FAMILY_METHODS[1:5]} | {"lapp": "lapp 0.5 of dense FLOPs"},
     ),
     # the GPU preset of the unstructured study (experiments/gpu/README.md): its own runs, not in README.md
-    "gpu_unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, readme=False),
+    "gpu_unstructured": Layout((0.9, 0.95, 0.98), UNSTRUCTURED_METHODS, readme=False, optional=LOW_SPARSITIES),
 }
 
 
@@ -126,10 +134,18 @@ def table(study: str) -> str:
                 return c
         return None
 
+    rows = {method: [cell(method, c) for c in columns] for method in layout.methods}
+    optional = {layout.header(s) for s in layout.optional}
+    shown = [
+        i
+        for i, c in enumerate(columns)
+        if c.header not in optional or any(r[i] for method, r in rows.items() if method != "dense")
+    ]
+    columns = [columns[i] for i in shown]
     head = ["method", *(c.header for c in columns), "optimizer steps per run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in layout.methods:
-        row_cells = [cell(method, c) for c in columns]
+        row_cells = [rows[method][i] for i in shown]
         if not any(row_cells):
             continue
         steps = sorted({st for c in row_cells if c for st in c.steps})
