@@ -73,8 +73,10 @@ def killed(output_dir: Path, step: int, overrides: list[str]) -> None:
     [
         ["+pruner=rigl", "pruner.sparsity=0.8", "pruner.update_every=2", "pruner.regrow_end=1.0"],
         ["+pruner=gmp", "pruner.update_every=2", "+data.augment=true"],
+        # CIFAR's and ImageNet's default: a DataLoader over the images (ResumableDataLoader), not the device's
+        ["+pruner=gmp", "pruner.update_every=2", "+data.augment=true", "data.on_device=false"],
     ],
-    ids=["rigl", "gmp-augmented"],
+    ids=["rigl", "gmp-augmented", "gmp-augmented-dataloader"],
 )
 def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(compose, tmp_path, pruner):
     """SIGKILL at step 8 (mid-epoch 2), last.ckpt of step 6 (mid-epoch 2 too); resumed from the run directory.

@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from sparsetrain import SparsityCallback
+from sparsetrain.data import EpochSampler, ResumableDataLoader
 from sparsetrain.granularity import nm_group_view
 from sparsetrain.masking import find_mask_buffers
-from sparsetrain.pruners import PDP, list_pruners
+from sparsetrain.pruners import GMP, PDP, list_pruners
 from tests.helpers.callbacks import StopAfterFirstEpoch
 from tests.helpers.fits import quiet_trainer
 from tests.helpers.matrix import BUDGETS, DEFAULT_BUDGET, GRANULARITIES, matrix
@@ -258,3 +259,50 @@ def test_a_checkpoint_holding_pdp_channel_thresholds_in_the_network_still_loads(
     net.eval(), restored_net.eval()
     with torch.no_grad():
         assert torch.equal(restored_net(x), net(x))  # the same soft channel masks
+
+
+# --------------------------------------------------------------------------------- a user's loader, mid-epoch
+class SaveAndStopAt(pl.Callback):
+    """Write a checkpoint right after optimizer step `step` and stop there: what a job killed just after a
+    periodic mid-epoch save leaves behind."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+def users_loader(resumable: bool) -> DataLoader:
+    """The 32 images of `loader()` shuffled each epoch: sparsetrain's resumable loader over its (seed, epoch)
+    sampler, or a plain shuffling `DataLoader`."""
+    dataset = loader().dataset
+    if resumable:
+        return ResumableDataLoader(dataset, sampler=EpochSampler(len(dataset), seed=0), batch_size=8)
+    return DataLoader(dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def fit_gmp(resumable: bool, *callbacks: pl.Callback, ckpt_path: Path | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    module = UserModule(seq_net())
+    gmp = GMP(sparsity=0.75, begin=0.0, end=0.8, update_every=2)
+    trainer = quiet_trainer(max_steps=10, deterministic=True, callbacks=[*callbacks, SparsityCallback(gmp)])
+    trainer.fit(module, train_dataloaders=users_loader(resumable), ckpt_path=ckpt_path)
+    return module.backbone
+
+
+@pytest.mark.parametrize("resumable", [True, False], ids=["ResumableDataLoader", "plain DataLoader"])
+def test_a_users_loader_resumes_mid_epoch_exactly_only_when_it_is_resumable(resumable, tmp_path):
+    """A run stopped after step 6 (inside its second epoch of 4 batches) and resumed to step 10 equals the
+    uninterrupted run with `sparsetrain.data.ResumableDataLoader`: it skips the 2 batches the epoch had trained
+    on. A plain `DataLoader` restarts the epoch at its first batch (Lightning warns that it is not resumable), so
+    the same steps and masks' schedule train on other batches, as the README says."""
+    full = fit_gmp(resumable).state_dict()
+    fit_gmp(resumable, SaveAndStopAt(tmp_path / "mid.ckpt", step=6))
+    assert torch.load(tmp_path / "mid.ckpt", weights_only=False)["global_step"] == 6
+    resumed = fit_gmp(resumable, ckpt_path=tmp_path / "mid.ckpt").state_dict()
+    assert full.keys() == resumed.keys()
+    same = all(torch.equal(full[k], resumed[k]) for k in full)
+    assert same == resumable

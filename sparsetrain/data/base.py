@@ -142,16 +142,19 @@ class ResumableDataLoader(ResumableEpochs, DataLoader):
     """
 
     def __iter__(self):
+        return self._pass()
+
+    def _pass(self):
+        """One pass, its skip decided at the first batch, not at `iter()`: Lightning calls `iter()` once while
+        setting up and again when the epoch starts, and only the second pass is trained on (a skip taken by the
+        first would be lost)."""
         skip = self._skip()
-        self.position = 0
-        batches = super().__iter__()
-        if skip:
-            batches = self._skipping(skip)
-        return self._counted(batches)
+        batches = self._skipping(skip) if skip else super().__iter__()
+        self.position = skip
+        yield from self._counted(batches)
 
     def _skipping(self, skip: int):
         """The pass with its first `skip` batches left out, without loading them."""
-        self.position = skip
         indices = list(self.batch_sampler)[skip:]
         loader = DataLoader(
             self.dataset,
