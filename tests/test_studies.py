@@ -307,7 +307,9 @@ def test_a_50_or_80_percent_column_shows_only_where_a_method_ran_there(tmp_path,
     un = studies / "unstructured" / "runs"
     _run(un, "gmp_s0.5_seed0", "gmp", 0.921, sparsity=0.5, granularity="unstructured")
     rounds = json.loads((un / "imp_s0.98_seed0" / "rounds.json").read_text())
-    rounds.insert(1, {**rounds[1], "round": 1, "sparsity": 0.49887, "test_acc": 0.93})
+    rounds.insert(1, {**rounds[1], "sparsity": 0.49887, "test_acc": 0.93})  # a round at 49.9 %, before 90 %
+    for i, r in enumerate(rounds):
+        r.update(round=i, steps_done=1263 * (i + 1))
     (un / "imp_s0.98_seed0" / "rounds.json").write_text(json.dumps(rounds))
     write_summary(un)
     lines = tables.table("unstructured").splitlines()

@@ -55,10 +55,11 @@ def accuracy_vs_compute(study: str, ax, methods: tuple[str, ...] = ("imp", "bip"
     """Each method's cells at the compute they cost (dense-step equivalents: BiP's dense start and bi-level steps,
     the trained dense run a "from dense" run started from, every IMP round up to the one that lands on the
     setting), one color per method, one marker per setting."""
-    settings = LAYOUT[study].settings
-    found = cells(study, settings, LAYOUT[study].setting_of)
+    layout = LAYOUT[study]
+    settings = layout.settings
+    found = cells(study, settings, layout.setting_of)
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
-    marker = dict(zip(settings, "os^vD", strict=False))
+    marker = dict(zip((*layout.required, *layout.optional), "os^vDPX", strict=False))  # a setting keeps its marker
     for method in methods:
         for s in settings:
             c = found.get((method, s))
