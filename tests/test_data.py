@@ -15,9 +15,11 @@ from sparsetrain.data import (
     DataUnavailableError,
     DeviceLoader,
     DigitsDataModule,
+    EpochSampler,
     FakeDataModule,
     FashionMNISTDataModule,
     ImageNetDataModule,
+    ResumableDataLoader,
 )
 from sparsetrain.module import ClassificationModule
 from tests.helpers.nets import MLP
@@ -89,6 +91,41 @@ def test_order_is_a_function_of_seed_and_epoch_in_both_modes():
         orders.append(epochs)
     assert torch.equal(orders[0][0], orders[1][0]) and torch.equal(orders[0][1], orders[1][1])
     assert not torch.equal(orders[0][0], orders[0][1])
+
+
+class Offset(torch.utils.data.Dataset):
+    """Item i is i + offset; the offset is set in each worker by `set_offset` (a loader that dropped its
+    `worker_init_fn` yields other values)."""
+
+    offset = 0
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> int:
+        return i + self.offset
+
+
+def set_offset(worker_id: int) -> None:
+    torch.utils.data.get_worker_info().dataset.offset = 1000
+
+
+def test_a_resumed_pass_skips_the_trained_batches_with_the_loaders_own_workers():
+    """After a mid-epoch position (epoch 1, 2 batches handed out) the pass yields the rest of that epoch's
+    batches, loaded by workers set up as the loader's (`worker_init_fn`), and only that pass skips."""
+
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(Offset(), sampler=EpochSampler(40, seed=0), batch_size=8, num_workers=2,
+                                   worker_init_fn=set_offset)  # fmt: skip
+
+    full = loader()
+    full.sampler.set_epoch(1)
+    epoch = [b.tolist() for b in full]
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 1, "batches": 2})
+    assert [b.tolist() for b in resumed] == epoch[2:]
+    assert resumed.position == 5
+    assert [b.tolist() for b in resumed] == epoch  # the next pass of the same epoch is whole
 
 
 def test_device_loader_shards_ranks_like_distributed_sampler():

@@ -155,14 +155,20 @@ class ResumableDataLoader(ResumableEpochs, DataLoader):
         yield from self._counted(batches)
 
     def _skipping(self, skip: int):
-        """The pass with its first `skip` batches left out, without loading them."""
+        """The pass with its first `skip` batches left out, without loading them (one pass: workers as the
+        loader's, but not kept alive)."""
         indices = list(self.batch_sampler)[skip:]
+        workers = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
         loader = DataLoader(
             self.dataset,
             batch_sampler=indices,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
+            timeout=self.timeout,
+            worker_init_fn=self.worker_init_fn,
+            multiprocessing_context=self.multiprocessing_context,
+            **workers,
         )
         return iter(loader)
 
