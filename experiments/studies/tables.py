@@ -94,7 +94,7 @@ LAYOUT = {
         ("resnet18", "vit"),
         FAMILY_METHODS,
         model_setting,
-        {"resnet18": "timm resnet18, 32 px", "vit": "ViT-Tiny (patch 4), 32 px"}.get,
+        {"resnet18": "timm resnet18, 32 px", "vit": "ViT-Tiny (patch 8, AdamW), 32 px"}.get,
         before=(RESNET20,),
         labels={m: f"{m} 90 %" for m in FAMILY_METHODS[1:5]} | {"lapp": "lapp 0.5 of dense FLOPs"},
     ),
