@@ -142,13 +142,10 @@ class ResumableDataLoader(ResumableEpochs, DataLoader):
     """
 
     def __iter__(self):
-        return self._pass()
-
-    def _pass(self):
-        """One pass, its skip decided at the first batch, not at `iter()`: the iterator a run trains on is created
-        while Lightning sets up the data (early, for `estimated_stepping_batches`), before a resumed checkpoint's
-        loader position reaches the loader (`apply_loader_states`, at train start); decided at `iter()`, the
-        skip was always 0."""
+        """One pass (a generator), its skip decided at the first batch, not at `iter()`: the iterator a run
+        trains on is created while Lightning sets up the data (early, for `estimated_stepping_batches`), before a
+        resumed checkpoint's loader position reaches the loader (`apply_loader_states`, at train start); decided
+        at `iter()`, the skip was always 0."""
         skip = self._skip()
         batches = self._skipping(skip) if skip else super().__iter__()
         self.position = skip
